@@ -1,0 +1,43 @@
+"""The ``refocusgan`` command line. Each group of commands lives in its own module with a
+``register(subparsers)`` function; every command is a thin layer over the core."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..core.errors import RefocusError
+from . import stack_cmds
+
+COMMAND_MODULES = [stack_cmds]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refocusgan",
+        description="Single-image refocusing (RefocusGAN): focal stacks, focus measures, deblur, refocus.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RefocusError as exc:
+        print(f"refocusgan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"refocusgan {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"refocusgan {args.command}: error: out of memory; try a smaller --tile or image", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

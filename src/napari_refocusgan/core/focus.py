@@ -1,0 +1,108 @@
+"""Sum-of-Modified-Laplacian (SML) focus measure, Nayar & Nakagawa 1994.
+
+One torch implementation serves the widget, the CLI, inference (G1's fourth channel) and training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import RefocusError
+from .imaging import LUMA_WEIGHTS, to_float
+
+
+@dataclass(frozen=True)
+class SMLParams:
+    """step: Laplacian stride in pixels; window: side of the summing window (odd);
+    threshold: modified-Laplacian values below it count as zero (noise floor, in [0, 1] intensity units)."""
+
+    step: int = 1
+    window: int = 9
+    threshold: float = 0.005
+
+    def check(self) -> None:
+        if self.step < 1:
+            raise RefocusError(f"SML step must be ≥ 1, got {self.step}.")
+        if self.window < 1 or self.window % 2 == 0:
+            raise RefocusError(f"SML window must be a positive odd number, got {self.window}.")
+        if self.threshold < 0:
+            raise RefocusError(f"SML threshold must be ≥ 0, got {self.threshold}.")
+
+
+def _gray_torch(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) with C in {1, 3, 4} → (N, 1, H, W) luminance."""
+    if x.shape[1] == 1:
+        return x
+    w = torch.as_tensor(LUMA_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x[:, :3] * w).sum(dim=1, keepdim=True)
+
+
+def sml_torch(x: torch.Tensor, params: SMLParams = SMLParams()) -> torch.Tensor:
+    """SML of a batch (N, C, H, W) of gray (C=1) or colour (C=3|4, via luminance) images → (N, 1, H, W).
+
+    The value is the window *mean* of the thresholded modified Laplacian (the sum divided by the window
+    area), so that it does not scale with the window size. Borders replicate the edge pixels.
+    """
+    params.check()
+    g = _gray_torch(x)
+    s, r = params.step, params.window // 2
+    p = F.pad(g, (s, s, s, s), mode="replicate")
+    centre = p[:, :, s:-s, s:-s]
+    ml = (2 * centre - p[:, :, s:-s, : -2 * s] - p[:, :, s:-s, 2 * s :]).abs()
+    ml = ml + (2 * centre - p[:, :, : -2 * s, s:-s] - p[:, :, 2 * s :, s:-s]).abs()
+    if params.threshold > 0:
+        ml = torch.where(ml >= params.threshold, ml, torch.zeros((), dtype=ml.dtype, device=ml.device))
+    if r > 0:  # separable box mean keeps this O(window) per pixel
+        ml = F.pad(ml, (r, r, r, r), mode="replicate")
+        ml = F.avg_pool2d(ml, (1, 2 * r + 1), stride=1)
+        ml = F.avg_pool2d(ml, (2 * r + 1, 1), stride=1)
+    return ml
+
+
+# G1's focus channel: SML squashed to [-1, 1] with a fixed (image-independent) curve, so that the same
+# blur gives the same channel value in every image. 0.02 is a typical SML of mildly textured sharp content.
+FOCUS_CHANNEL_SCALE = 0.02
+
+
+def focus_channel(x: torch.Tensor, params: SMLParams = SMLParams()) -> torch.Tensor:
+    """The SML conditioning channel that G1 takes: (N, C, H, W) in [0, 1] → (N, 1, H, W) in [-1, 1)."""
+    m = sml_torch(x, params)
+    return 2 * m / (m + FOCUS_CHANNEL_SCALE) - 1
+
+
+def sml(
+    image: np.ndarray,
+    params: SMLParams = SMLParams(),
+    *,
+    rgb: bool | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """SML map of a 2-D image or an nD stack, gray or colour.
+
+    ``image``: (..., H, W) gray or (..., H, W, 3|4) colour, any of uint8/uint16/float.
+    ``rgb``: whether the last axis is colour; guessed (last axis of length 3 or 4 with ndim ≥ 3) when None.
+    Returns float32 (..., H, W), one map per 2-D slice.
+    """
+    arr = np.asarray(image)
+    if rgb is None:
+        rgb = arr.ndim >= 3 and arr.shape[-1] in (3, 4)
+    spatial_ndim = 3 if rgb else 2
+    if arr.ndim < spatial_ndim:
+        raise RefocusError(f"SML needs a 2-D image; got shape {arr.shape}.")
+    data = to_float(arr, name="SML input")
+    lead = data.shape[: data.ndim - spatial_ndim]
+    h, w = data.shape[len(lead) : len(lead) + 2]
+    if rgb:
+        flat = data.reshape(-1, h, w, data.shape[-1])[..., :3] @ LUMA_WEIGHTS
+    else:
+        flat = data.reshape(-1, h, w)
+    out = np.empty(flat.shape, dtype=np.float32)
+    with torch.no_grad():
+        for i in range(flat.shape[0]):  # slice by slice keeps memory at one slice's worth
+            t = torch.from_numpy(np.ascontiguousarray(flat[i])).to(device)[None, None]
+            out[i] = sml_torch(t, params)[0, 0].cpu().numpy()
+    return out.reshape(*lead, h, w)

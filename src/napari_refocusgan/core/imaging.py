@@ -1,0 +1,128 @@
+"""Pixel conventions shared by every tool: dtype scaling, channel layout, validation, file I/O.
+
+Arrays handed around the core are float32, channels last, values in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RefocusError
+
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+
+
+def to_float(image: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Scale an integer or float array to float32 in [0, 1], rejecting NaN/Inf and empty input."""
+    arr = np.asarray(image)
+    if arr.size == 0:
+        raise RefocusError(f"{name} is empty (shape {arr.shape}).")
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        if info.min < 0:
+            raise RefocusError(f"{name} has signed integer dtype {arr.dtype}; expected uint8, uint16 or float.")
+        return arr.astype(np.float32) / np.float32(info.max)
+    if np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32, copy=True)
+        if not np.isfinite(out).all():
+            raise RefocusError(f"{name} contains NaN or Inf values; clean the data first.")
+        return out
+    raise RefocusError(f"{name} has unsupported dtype {arr.dtype}; expected uint8, uint16 or float.")
+
+
+def from_float(image: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """Inverse of :func:`to_float`: clip to [0, 1] and rescale to ``dtype`` (floats stay float32)."""
+    dtype = np.dtype(dtype)
+    clipped = np.clip(image, 0.0, 1.0)
+    if np.issubdtype(dtype, np.integer):
+        return np.rint(clipped * np.iinfo(dtype).max).astype(dtype)
+    return clipped.astype(np.float32)
+
+
+@dataclass
+class RGBImage:
+    """An image split into RGB float32 (H, W, 3) plus what is needed to put it back as it came."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    was_gray: bool
+    dtype: np.dtype
+
+    def restore(self, rgb: np.ndarray) -> np.ndarray:
+        """Return ``rgb`` in the caller's original layout and dtype (gray stays gray, alpha re-attached)."""
+        out = rgb.mean(axis=-1) if self.was_gray else rgb
+        if self.alpha is not None:
+            out = np.concatenate([out, self.alpha[..., None]], axis=-1)
+        return from_float(out, self.dtype)
+
+
+def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1) -> RGBImage:
+    """Normalise a single 2-D image, gray (H, W), (H, W, 1), RGB or RGBA, to float RGB."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        was_gray, alpha = True, None
+        rgb = np.repeat(to_float(arr, name=name)[..., None], 3, axis=-1)
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        was_gray = False
+        f = to_float(arr, name=name)
+        rgb, alpha = f[..., :3], (f[..., 3] if arr.shape[-1] == 4 else None)
+    else:
+        raise RefocusError(
+            f"{name} has shape {arr.shape}; expected a 2-D gray image (H, W) or colour (H, W, 3|4). "
+            "For stacks use the per-slice tools."
+        )
+    h, w = rgb.shape[:2]
+    if h < min_size or w < min_size:
+        raise RefocusError(f"{name} is {h}×{w} pixels; at least {min_size}×{min_size} is needed.")
+    return RGBImage(np.ascontiguousarray(rgb), alpha, was_gray, arr.dtype)
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    """Gray (…, H, W) from float gray or RGB(A) channels-last data."""
+    if image.ndim >= 3 and image.shape[-1] in (3, 4):
+        return image[..., :3] @ LUMA_WEIGHTS
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file (PNG, JPEG, TIFF, …) as stored, with a clear error for missing or corrupt files."""
+    path = Path(path)
+    if not path.exists():
+        raise RefocusError(f"{path} does not exist.")
+    if path.is_dir():
+        raise RefocusError(f"{path} is a folder; expected an image file.")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return tifffile.imread(path)
+        import imageio.v3 as iio
+
+        return iio.imread(path)
+    except Exception as exc:  # decoders raise many types; all mean "not a readable image"
+        raise RefocusError(f"Cannot read {path} as an image: {exc}") from exc
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write ``image``: TIFF keeps any dtype (float32 stacks); PNG/JPEG need uint8/uint16."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        photometric = "rgb" if image.ndim >= 3 and image.shape[-1] in (3, 4) else "minisblack"
+        tifffile.imwrite(path, image, photometric=photometric)
+    else:
+        import imageio.v3 as iio
+
+        if image.dtype not in (np.uint8, np.uint16):
+            image = from_float(image, np.uint8)
+        iio.imwrite(path, image)
+    return path

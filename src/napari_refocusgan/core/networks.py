@@ -1,0 +1,180 @@
+"""RefocusGAN generators (paper §3, DeblurGAN's ResnetGenerator), the one definition used by the plugin
+and by training.
+
+Images enter and leave in [-1, 1]. G1 (deblur) takes RGB + SML focus channel; G2 (refocus) takes
+RGB + radiance and a refocus parameter δ, injected at the bottleneck.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DeltaMode = Literal["none", "onehot", "continuous"]
+
+# The paper's δ map: a fully connected layer makes a 64×64 channel for 256×256 inputs (the bottleneck).
+DELTA_MAP_SIZE = 64
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of one generator. ``ngf=64, n_blocks=9`` is the paper's size."""
+
+    in_channels: int = 4
+    ngf: int = 32
+    n_blocks: int = 6
+    dropout: float = 0.5
+    delta_mode: DeltaMode = "none"
+    # onehot: the δ values, in order; continuous: (min, max) of the trained range
+    deltas: tuple[float, ...] = field(default_factory=tuple)
+    # gate the residual by the SML channel (G1): sharp pixels get less correction
+    focus_gate: bool = False
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["deltas"] = list(self.deltas)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "GeneratorConfig":
+        d = dict(d)
+        d["deltas"] = tuple(float(v) for v in d.get("deltas", ()))
+        return GeneratorConfig(**d)
+
+    @property
+    def delta_range(self) -> tuple[float, float] | None:
+        if self.delta_mode == "none" or not self.deltas:
+            return None
+        return float(min(self.deltas)), float(max(self.deltas))
+
+
+class InstanceNorm(nn.Module):
+    """InstanceNorm2d without affine parameters (as in DeblurGAN), with statistics that tiled inference
+    can fix to whole-image values: when ``fixed_stats`` is set to (mean, var), each of shape
+    (N, C, 1, 1), they replace the per-input statistics."""
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.fixed_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed_stats is None:
+            return F.instance_norm(x, eps=self.eps)
+        mean, var = self.fixed_stats
+        return (x - mean) * torch.rsqrt(var + self.eps)
+
+
+class ResnetBlock(nn.Module):
+    """conv-IN-ReLU-Dropout-conv-IN plus the skip (DeblurGAN commit dd9e940, the intended block)."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), InstanceNorm(), nn.ReLU(True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), InstanceNorm()]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class DeltaEmbedding(nn.Module):
+    """δ → one bottleneck channel. One-hot through a linear layer to a 64×64 map (paper), or a scalar
+    through a small MLP (continuous δ, the paper's future work); resized to the bottleneck size."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.mode = cfg.delta_mode
+        self.deltas = tuple(cfg.deltas)
+        n = DELTA_MAP_SIZE * DELTA_MAP_SIZE
+        if self.mode == "onehot":
+            self.net = nn.Linear(len(self.deltas), n)
+        else:
+            lo, hi = cfg.delta_range
+            self.register_buffer("centre", torch.tensor((lo + hi) / 2))
+            self.register_buffer("half_span", torch.tensor(max((hi - lo) / 2, 1.0)))
+            self.net = nn.Sequential(nn.Linear(1, 64), nn.ReLU(True), nn.Linear(64, n))
+
+    def encode(self, delta: torch.Tensor) -> torch.Tensor:
+        """(N,) δ values → (N, K) network input."""
+        if self.mode == "onehot":
+            table = torch.tensor(self.deltas, device=delta.device, dtype=delta.dtype)
+            idx = (delta[:, None] - table[None]).abs().argmin(dim=1)
+            return F.one_hot(idx, len(self.deltas)).to(delta.dtype)
+        return ((delta - self.centre) / self.half_span)[:, None]
+
+    def forward(self, delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        m = self.net(self.encode(delta)).view(-1, 1, DELTA_MAP_SIZE, DELTA_MAP_SIZE)
+        if tuple(size) != (DELTA_MAP_SIZE, DELTA_MAP_SIZE):
+            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        return m
+
+
+class Generator(nn.Module):
+    """ResNet generator with a global residual: out = clamp(rgb + residual, -1, 1).
+
+    Input (N, in_channels, H, W) with H and W multiples of 4; channels 0..2 are the RGB image in [-1, 1].
+    For G1 channel 3 is :func:`..focus.focus_channel`; for G2 channels 3..5 are the radiance.
+    """
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        ngf = cfg.ngf
+        self.head = nn.Sequential(
+            nn.ReflectionPad2d(3), nn.Conv2d(cfg.in_channels, ngf, 7), InstanceNorm(), nn.ReLU(True)
+        )
+        self.down = nn.Sequential(
+            nn.Conv2d(ngf, 2 * ngf, 3, stride=2, padding=1), InstanceNorm(), nn.ReLU(True),
+            nn.Conv2d(2 * ngf, 4 * ngf, 3, stride=2, padding=1), InstanceNorm(), nn.ReLU(True),
+        )  # fmt: skip
+        if cfg.delta_mode != "none":
+            self.delta = DeltaEmbedding(cfg)
+            self.fuse = nn.Conv2d(4 * ngf + 1, 4 * ngf, 1)  # bring the concatenated δ channel into the blocks
+        self.blocks = nn.Sequential(*[ResnetBlock(4 * ngf, cfg.dropout) for _ in range(cfg.n_blocks)])
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(4 * ngf, 2 * ngf, 3, stride=2, padding=1, output_padding=1), InstanceNorm(), nn.ReLU(True),
+            nn.ConvTranspose2d(2 * ngf, ngf, 3, stride=2, padding=1, output_padding=1), InstanceNorm(), nn.ReLU(True),
+        )  # fmt: skip
+        self.tail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh())
+        if cfg.focus_gate:
+            # gate = sigmoid(scale · (shift − focus)): ≈1 on blurred pixels, smaller on sharp ones; learned.
+            self.gate_scale = nn.Parameter(torch.tensor(2.0))
+            self.gate_shift = nn.Parameter(torch.tensor(0.5))
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.down(self.head(x))
+        if self.cfg.delta_mode != "none":
+            if delta is None:
+                raise ValueError("this generator needs a δ value")
+            delta = torch.as_tensor(delta, dtype=y.dtype, device=y.device).reshape(-1).expand(y.shape[0])
+            y = self.fuse(torch.cat([y, self.delta(delta, y.shape[-2:])], dim=1))
+        residual = self.tail(self.up(self.blocks(y)))
+        if self.cfg.focus_gate:
+            residual = residual * torch.sigmoid(self.gate_scale * (self.gate_shift - x[:, 3:4]))
+        return torch.clamp(x[:, :3] + residual, -1, 1)
+
+
+def _init_weights(m: nn.Module) -> None:
+    # DeblurGAN: conv weights N(0, 0.02), biases zero
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def deblur_config(**overrides) -> GeneratorConfig:
+    """G1: RGB + SML channel, gated residual."""
+    return GeneratorConfig(**{"in_channels": 4, "focus_gate": True, **overrides})
+
+
+def refocus_config(deltas=tuple(range(-9, 10)), mode: DeltaMode = "continuous", **overrides) -> GeneratorConfig:
+    """G2: RGB + radiance with δ. Default: continuous δ trained on −9..+9."""
+    return GeneratorConfig(**{"in_channels": 6, "delta_mode": mode, "deltas": tuple(float(d) for d in deltas), **overrides})
