@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from napari_refocusgan.core.errors import RefocusError
+from napari_refocusgan.core.imaging import as_rgb, from_float, read_image, to_float, write_image
+
+
+def test_dtype_round_trip():
+    u8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(from_float(to_float(u8), np.uint8), u8)
+    u16 = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)
+    np.testing.assert_array_equal(from_float(to_float(u16), np.uint16), u16)
+
+
+@pytest.mark.parametrize("bad", [np.array([[np.nan]]), np.array([[np.inf, 0]]), np.zeros((0, 3)), np.zeros((2, 2), np.int16)])
+def test_bad_values(bad):
+    with pytest.raises(RefocusError):
+        to_float(bad)
+
+
+def test_gray_and_rgba_layouts_restore():
+    gray = np.random.default_rng(0).integers(0, 255, (5, 6), dtype=np.uint8)
+    im = as_rgb(gray)
+    assert im.rgb.shape == (5, 6, 3) and im.was_gray
+    np.testing.assert_array_equal(im.restore(im.rgb), gray)
+    rgba = np.random.default_rng(1).random((5, 6, 4)).astype(np.float32)
+    im = as_rgb(rgba)
+    assert im.alpha is not None
+    np.testing.assert_allclose(im.restore(im.rgb), rgba, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 3, 4, 3), (4, 4, 2)])
+def test_unsupported_shapes(shape):
+    with pytest.raises(RefocusError, match="shape"):
+        as_rgb(np.zeros(shape, np.float32))
+
+
+def test_read_write(tmp_path):
+    img = (np.random.default_rng(2).random((8, 9, 3)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(read_image(write_image(tmp_path / "a.png", img)), img)
+    stack = np.random.default_rng(3).random((4, 8, 9, 3)).astype(np.float32)
+    np.testing.assert_array_equal(read_image(write_image(tmp_path / "s.tif", stack)), stack)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(RefocusError, match="Cannot read"):
+        read_image(tmp_path / "bad.png")
+    with pytest.raises(RefocusError, match="does not exist"):
+        read_image(tmp_path / "missing.png")
+    with pytest.raises(RefocusError, match="folder"):
+        read_image(tmp_path)
