@@ -7,9 +7,9 @@ import argparse
 import sys
 
 from ..core.errors import RefocusError
-from . import stack_cmds
+from . import classical_cmds, stack_cmds
 
-COMMAND_MODULES = [stack_cmds]
+COMMAND_MODULES = [stack_cmds, classical_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:
