@@ -103,11 +103,28 @@ def read_image(path: str | Path) -> np.ndarray:
             import tifffile
 
             return tifffile.imread(path)
+        if _is_16bit_colour_png(path):  # Pillow silently reads these as 8-bit; FFmpeg keeps 16 bits
+            return _read_16bit_colour_png(path)
         import imageio.v3 as iio
 
         return iio.imread(path)
     except Exception as exc:  # decoders raise many types; all mean "not a readable image"
         raise RefocusError(f"Cannot read {path} as an image: {exc}") from exc
+
+
+def _is_16bit_colour_png(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(26)  # signature, IHDR length and type, width, height, bit depth, colour type
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+
+
+def _read_16bit_colour_png(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        has_alpha = "a" in frame.format.name
+        return frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")
 
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:

@@ -1,0 +1,107 @@
+"""napari reader: light fields and Lytro focal stacks as layers. Recognition and reading live in
+:mod:`.core.lightfield`; this module only turns a :class:`LightField` into layer data tuples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .core.focalstack import StackConfig, centre_view, focal_stack
+from .core.lightfield import LightField, detect_format, read_lightfield
+
+LayerDataTuple = tuple  # (data, metadata dict, layer type)
+PathOrPaths = str | Path | Sequence[str | Path]
+
+
+def _as_paths(path: PathOrPaths) -> list[Path]:
+    if isinstance(path, (str, Path)):
+        return [Path(path)]
+    return [Path(p) for p in path]
+
+
+def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDataTuple]] | None:
+    """The reader for ``path`` (or a list of paths, all of one recognised format), else None. Never raises."""
+    try:
+        paths = _as_paths(path)
+        formats = {detect_format(p) for p in paths}
+        if not paths or len(formats) != 1 or None in formats:
+            return None
+        return read_lightfield_layers
+    except Exception:  # napari asks every plugin about every path; a failure here must not surface
+        return None
+
+
+def read_lightfield_layers(path: PathOrPaths) -> list[LayerDataTuple]:
+    """Layers for each path: the focal stack, the centre (or all-in-focus) view, disparity/depth if any.
+
+    Raises RefocusError when a recognised file turns out unreadable; napari shows its message.
+    """
+    layers: list[LayerDataTuple] = []
+    for p in _as_paths(path):
+        # The paper's stack uses the central 7×7 views; reading no more keeps ESLF memory bounded.
+        lf = read_lightfield(p, views=StackConfig().views)
+        layers.extend(lightfield_layers(lf))
+    return layers
+
+
+def lightfield_layers(lf: LightField) -> list[LayerDataTuple]:
+    """Layer data tuples for one light field (see :func:`read_lightfield_layers`)."""
+    stem = lf.path.stem if lf.path.suffix else lf.path.name
+    common = {"source": lf.source, "path": str(lf.path)}
+    described = {k: v for k, v in lf.metadata.items() if not isinstance(v, np.ndarray)}  # arrays are layers
+    layers: list[LayerDataTuple] = []
+    reference = None
+    if lf.views is not None:
+        n = min(StackConfig().views, *lf.views.shape[:2])
+        config = StackConfig(views=n)  # paper defaults; fewer views only when the grid is smaller
+        stack, slopes, config = focal_stack(lf.views, config)
+        stack_meta = {**common, **described, "slopes": [float(s) for s in slopes], "stack_config": asdict(config)}
+        reference = centre_view(lf.views)
+        reference_name = f"{stem} centre view"
+    else:
+        stack = lf.focal_stack
+        stack_meta = {**common, **described, "lambdas": list(lf.stack_labels or [])}
+        if isinstance(lf.metadata.get("all_in_focus"), np.ndarray):
+            reference = lf.metadata["all_in_focus"]
+            reference_name = f"{stem} all-in-focus view"
+    if stack is not None:
+        layers.append(
+            (
+                np.ascontiguousarray(stack, dtype=np.float32),
+                {
+                    "name": f"{stem} focal stack",
+                    "rgb": True,
+                    "axis_labels": ("slice", "y", "x"),
+                    "metadata": stack_meta,
+                },
+                "image",
+            )
+        )
+    if reference is not None:
+        layers.append((reference, {"name": reference_name, "rgb": True, "metadata": dict(common)}, "image"))
+    height, width = _image_size(lf, stack, reference)
+    for data, label in ((lf.disparity, "disparity"), (lf.depth, "depth")):
+        if data is None:
+            continue
+        meta = {
+            "name": f"{stem} {label}",
+            "colormap": "viridis",
+            "metadata": {**common, "kind": lf.metadata.get("depth_kind", label)},
+        }
+        if height and (data.shape[0] != height or data.shape[1] != width):
+            # A coarser map (Lytro depth LUT): stretch it over the image, pixel centres aligned.
+            sy, sx = height / data.shape[0], width / data.shape[1]
+            meta.update(scale=(sy, sx), translate=((sy - 1) / 2, (sx - 1) / 2))
+        layers.append((data, meta, "image"))
+    return layers
+
+
+def _image_size(lf: LightField, stack, reference) -> tuple[int, int]:
+    if stack is not None:
+        return stack.shape[1], stack.shape[2]
+    if reference is not None:
+        return reference.shape[0], reference.shape[1]
+    return 0, 0
