@@ -7,9 +7,9 @@ import argparse
 import sys
 
 from ..core.errors import RefocusError
-from . import classical_cmds, stack_cmds
+from . import classical_cmds, network_cmds, stack_cmds
 
-COMMAND_MODULES = [stack_cmds, classical_cmds]
+COMMAND_MODULES = [stack_cmds, classical_cmds, network_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:

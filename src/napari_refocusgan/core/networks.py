@@ -64,6 +64,11 @@ class InstanceNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fixed_stats is None:
+            if not torch.is_grad_enabled() and x.is_contiguous():
+                # Same normalisation as layer_norm over each (n, c) plane; 3–7× faster than instance_norm
+                # on CPU. Inference only, so training runs keep the op they were started with.
+                n, c, h, w = x.shape
+                return F.layer_norm(x.reshape(n * c, h * w), (h * w,), eps=self.eps).view(n, c, h, w)
             return F.instance_norm(x, eps=self.eps)
         mean, var = self.fixed_stats
         return (x - mean) * torch.rsqrt(var + self.eps)
@@ -148,6 +153,9 @@ class Generator(nn.Module):
             self.gate_scale = nn.Parameter(torch.tensor(2.0))
             self.gate_shift = nn.Parameter(torch.tensor(0.5))
         self.apply(_init_weights)
+        # Start as the identity (zero residual): a random N(0, 0.02) tail makes residuals of ~0.25 that
+        # take many steps to unlearn and wreck in-focus pixels meanwhile. Gradients still reach the tail.
+        nn.init.zeros_(self.tail[1].weight)
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
         y = self.down(self.head(x))

@@ -1,0 +1,674 @@
+"""Inference with the generators: deblur (G1) and refocus (G2) any image, tiled when it is large.
+
+Model I/O (the contract training uses): images enter in [-1, 1] (``x·2−1``); G1's input is
+RGB + :func:`~.focus.focus_channel` computed on the whole image; G2's input is RGB + radiance (the
+deblurred image) and δ in slices. Outputs are clamped to [-1, 1] and mapped back with ``(y+1)/2``.
+
+Any H×W: the image is reflection-padded to a multiple of 4 once, the result cropped back.
+
+Tiling. InstanceNorm makes every pixel depend on statistics of the whole image, so tiles run with
+their own statistics disagree with the untiled result and show seams. Tiled inference therefore fixes
+each InstanceNorm's (mean, var) to whole-image values before the tiles use it:
+
+* the forward is split into stages — the encoder (to the 1/4-size bottleneck), each residual block, the
+  decoder — whose output is cached per tile *window* (core + margin) at the bottleneck only: about
+  ``16·ngf`` bytes per window pixel (≈ 0.7 GB for 24 MP with the default ngf 32);
+* within a stage, InstanceNorm k's statistics are the moments of its input over every tile's *core*
+  (a partition of the image), merged over tiles, with norms < k already fixed: one pass over the tiles
+  per norm, stopped at that norm. Then one pass computes and caches the stage's output;
+* with fixed statistics the network is a local operator, so a window extending ``margin`` pixels
+  beyond its core reproduces the untiled activations in the core, exactly once ``margin`` covers the
+  receptive field (≈ 15 + 8·n_blocks pixels). Neighbouring outputs are cross-faded with raised-cosine
+  weights that sum to one.
+
+Cost: about 2.5 untiled forwards plus the margins; memory: one tile's activations plus the cache.
+Statistics that are merely estimated (one pass with per-tile statistics, then iterating) do not
+converge: errors grow from layer to layer before the last layer is right.
+
+A generator serves one call at a time: a run switches it to eval mode, moves it to the device and fixes
+its InstanceNorm statistics while tiling (all restored afterwards).
+
+Tile windows start on multiples of 4 (the stride-2 grid) and tiles at the image edge keep the image's
+own borders, so the network's internal reflection padding matches the untiled run there. G2's δ map is
+computed once for the whole image and cropped per tile.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import RefocusError
+from .focalstack import CancelFn, Cancelled, ProgressFn
+from .focus import SMLParams, focus_channel
+from .imaging import as_rgb
+from .networks import Generator, GeneratorConfig, InstanceNorm
+from .weights import LoadedModel
+
+MIN_SIZE = 8  # the bottleneck (1/4 size) must be ≥ 2 pixels for the blocks' reflection padding
+DEFAULT_TILE = 1024  # core side of a tile in pixels
+# Context around each tile's core, None = the generator's receptive field (see receptive_field).
+DEFAULT_MARGIN: int | None = None
+# With ``tile`` None/0, images up to this many (padded) pixels run untiled: about 300 bytes a pixel of
+# activations at ngf 32 (1.2 GB), scaled down for wider generators.
+UNTILED_MAX_PIXELS = 4_000_000
+FOCUS_STRIP_ROWS = 512  # the focus channel is computed in row strips to bound memory on huge images
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+Model = Generator | LoadedModel
+
+
+# --------------------------------------------------------------------------------------------- devices
+
+
+def available_devices() -> list[str]:
+    """Devices torch can use here, best first: ``cuda:N``…, ``mps``, ``cpu``."""
+    found = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found + ["cpu"]
+
+
+def pick_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None): CUDA, then Apple MPS, then CPU. Otherwise the named device, which must exist."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or "auto").strip().lower()
+    available = available_devices()
+    if name == "auto":
+        return torch.device("cuda" if available[0].startswith("cuda") else available[0])
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise RefocusError(f"unknown device {name!r}; choose auto or one of: {', '.join(available)}.") from exc
+    if device.type == "cuda":
+        index = device.index or 0
+        if f"cuda:{index}" not in available:
+            raise RefocusError(f"device {name!r} is not available here; available: {', '.join(available)}.")
+    elif device.type == "mps" and "mps" not in available:
+        raise RefocusError(f"device 'mps' is not available here; available: {', '.join(available)}.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise RefocusError(f"unsupported device {name!r}; choose auto or one of: {', '.join(available)}.")
+    return device
+
+
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """None = plain fp32. ``auto``: fp16 autocast on CUDA, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise RefocusError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+# --------------------------------------------------------------------------------------------- settings
+
+
+def receptive_field(config: GeneratorConfig) -> int:
+    """How far (pixels) an output pixel sees: 7×7 head and tail, two stride-2 convs and two transposed
+    ones (±1 px at 1/2 and 1/4 size), and two 3×3 convs at 1/4 size per residual block."""
+    return 3 + 1 + 2 + 8 * config.n_blocks + 4 + 2 + 3
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run a generator. ``tile``: core side in pixels; None/0 = untiled up to about
+    UNTILED_MAX_PIXELS, else DEFAULT_TILE. ``margin``: context around each core (None: the receptive
+    field, which makes tiles exact)."""
+
+    device: torch.device | None = None  # None: wherever the model is
+    tile: int | None = None
+    margin: int | None = DEFAULT_MARGIN
+    precision: str = "auto"
+
+    def check(self) -> None:
+        if self.tile is not None and (
+            isinstance(self.tile, bool) or not isinstance(self.tile, (int, np.integer)) or self.tile < 0
+        ):
+            raise RefocusError(f"tile must be a whole number of pixels ≥ 0 (0 = auto), got {self.tile!r}.")
+        if self.margin is not None and (
+            not isinstance(self.margin, (int, np.integer)) or self.margin < 0 or self.margin % 4
+        ):
+            raise RefocusError(f"tile margin must be a multiple of 4 pixels ≥ 0, got {self.margin!r}.")
+
+    def margin_for(self, config: GeneratorConfig) -> int:
+        return int(self.margin) if self.margin is not None else -(-receptive_field(config) // 4) * 4
+
+    def tile_for(self, hp: int, wp: int, config: GeneratorConfig) -> int | None:
+        """Core side for a padded hp×wp image, or None to run it whole."""
+        tile = int(self.tile or 0)
+        if tile == 0:
+            budget = UNTILED_MAX_PIXELS * 32 // max(config.ngf, 1)  # activations scale with ngf
+            return None if hp * wp <= budget else DEFAULT_TILE
+        # cores must hold the blend ramps of both sides (see _axis_plan) and sit on the stride-4 grid
+        tile = max(_round4(tile), 2 * self.margin_for(config), 16)
+        return None if tile >= hp and tile >= wp else tile
+
+
+def _round4(n: float) -> int:
+    return int(4 * round(n / 4))
+
+
+class _Progress:
+    def __init__(self, callback: ProgressFn | None, cancel: CancelFn | None, total: int):
+        self.callback, self.cancel, self.total, self.done = callback, cancel, max(1, total), 0
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(min(self.done, self.total), self.total)
+
+
+# --------------------------------------------------------------------------------------------- model prep
+
+
+def _unwrap(model: Model, role: str) -> tuple[Generator, SMLParams]:
+    if isinstance(model, LoadedModel):
+        generator, sml_params = model.generator, model.sml
+    elif isinstance(model, Generator):
+        generator, sml_params = model, SMLParams()
+    else:
+        raise RefocusError(f"expected a generator (see weights.load_generator), got {type(model).__name__}.")
+    cfg = generator.cfg
+    if role == "deblur":
+        if cfg.delta_mode != "none" or cfg.in_channels not in (3, 4):
+            raise RefocusError(
+                f"deblurring needs a G1 (deblur) model; this one takes δ / {cfg.in_channels} channels (a refocus model)."
+            )
+    elif cfg.delta_mode == "none":
+        raise RefocusError("refocusing needs a G2 (refocus) model; this one takes no δ (a deblur model).")
+    elif cfg.in_channels not in (3, 6):
+        raise RefocusError(f"a refocus model takes 3 or 6 input channels; this one takes {cfg.in_channels}.")
+    return generator, sml_params
+
+
+@contextmanager
+def _prepared(generator: Generator, settings: RunSettings) -> Iterator[tuple[torch.device, torch.dtype | None]]:
+    """Eval mode on the device for the run; the caller's train/eval mode and norms are restored after."""
+    device = settings.device or next(generator.parameters()).device
+    autocast = _autocast_dtype(device, settings.precision)
+    was_training = generator.training
+    generator.eval().to(device)
+    if device.type == "cuda":
+        generator.to(memory_format=torch.channels_last)
+    try:
+        yield device, autocast
+    finally:
+        for m in generator.modules():
+            if isinstance(m, InstanceNorm):
+                m.fixed_stats = None
+        if device.type == "cuda":
+            generator.to(memory_format=torch.contiguous_format)
+        generator.train(was_training)
+
+
+def check_delta(model: Model, delta: float) -> float:
+    """δ as a float if the model was trained for it, else a RefocusError naming the trained values."""
+    cfg = (model.generator if isinstance(model, LoadedModel) else model).cfg
+    if cfg.delta_mode == "none":
+        raise RefocusError("this is a deblur (G1) model; it takes no δ.")
+    try:
+        d = float(delta)
+    except (TypeError, ValueError) as exc:
+        raise RefocusError(f"δ must be a number, got {delta!r}.") from exc
+    if not math.isfinite(d):
+        raise RefocusError(f"δ must be finite, got {delta!r}.")
+    lo, hi = cfg.delta_range
+    if cfg.delta_mode == "onehot":
+        if not any(abs(d - v) <= 1e-6 for v in cfg.deltas):
+            trained = ", ".join(f"{v:+g}" for v in cfg.deltas)
+            raise RefocusError(f"δ = {d:+g} is not one this model was trained for; choose one of {trained}.")
+    elif not lo - 1e-6 <= d <= hi + 1e-6:
+        raise RefocusError(f"δ = {d:+g} is outside this model's trained range {lo:+g} … {hi:+g} (slices).")
+    return d
+
+
+# --------------------------------------------------------------------------------------------- public API
+
+
+def deblur(
+    image: np.ndarray,
+    model: Model,
+    *,
+    rgb: bool | None = None,
+    sml_params: SMLParams | None = None,
+    device: str | torch.device | None = None,
+    tile: int | None = None,
+    margin: int | None = DEFAULT_MARGIN,
+    precision: str = "auto",
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> np.ndarray:
+    """The all-in-focus radiance of ``image`` estimated by G1.
+
+    ``image``: gray (H, W), colour (H, W, 3|4) or a stack of either (..., H, W[, 3|4]), uint8/uint16/float;
+    ``rgb`` says whether the last axis is colour (guessed when None). Returns the same shape and dtype
+    (float input gives float32); gray stays gray (the mean of the output RGB), alpha is kept. Stacks run
+    slice by slice. ``sml_params``: the focus channel's SML (default: the model file's). ``device``: None
+    keeps the model where it is, else the model is moved there. ``tile``: core side in pixels (None/0 =
+    auto). ``progress(done, total)`` is called after each tile/slice; ``cancel()`` returning True stops
+    between tiles with :class:`~.focalstack.Cancelled`. The caller's array is not modified.
+    """
+    generator, file_sml = _unwrap(model, "deblur")
+    settings = _settings(device, tile, margin, precision)
+    params = sml_params or file_sml
+    params.check()
+    arr, lead, hw = _layout(image, rgb, "image")
+    tracker = _Progress(progress, cancel, len(lead) * _units(settings, hw, generator))
+    out = None
+    with _prepared(generator, settings) as (dev, autocast):
+        for index in lead:
+            tracker.check()
+            src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
+            x = _deblur_input(src.rgb, generator, params)
+            h, w = src.rgb.shape[:2]
+            src.rgb = None  # x holds the pixels now; on huge images every full-size copy counts
+            y = _forward(generator, x, None, settings, dev, autocast, tracker)
+            del x
+            out = _store(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
+    return out
+
+
+def refocus(
+    image: np.ndarray,
+    delta: float,
+    model: Model,
+    *,
+    radiance: np.ndarray | None = None,
+    deblur_model: Model | None = None,
+    rgb: bool | None = None,
+    sml_params: SMLParams | None = None,
+    device: str | torch.device | None = None,
+    tile: int | None = None,
+    margin: int | None = DEFAULT_MARGIN,
+    precision: str = "auto",
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> np.ndarray:
+    """``image`` refocused by δ slices (positive δ: focus farther) with G2.
+
+    ``radiance``: the deblurred image (the output of :func:`deblur`, any dtype, same shape as ``image``);
+    cache it to change δ cheaply. When None it is computed with ``deblur_model`` (G1). Other arguments as
+    :func:`deblur`; returns the same shape and dtype as ``image``.
+    """
+    generator, _ = _unwrap(model, "refocus")
+    d = check_delta(generator, delta)
+    settings = _settings(device, tile, margin, precision)
+    arr, lead, hw = _layout(image, rgb, "image")
+    needs_radiance = generator.cfg.in_channels == 6
+    rad = None
+    g1 = None
+    if needs_radiance and radiance is not None:
+        rad, rad_lead, rad_hw = _layout(radiance, None, "radiance")
+        if rad_lead != lead or rad_hw != hw:
+            raise RefocusError(f"radiance has shape {rad.shape}; it must match the image's {arr.shape}.")
+    elif needs_radiance:
+        if deblur_model is None:
+            raise RefocusError("refocusing needs the radiance: pass radiance= (deblur output) or deblur_model= (G1).")
+        g1, g1_sml = _unwrap(deblur_model, "deblur")
+        sml_params = sml_params or g1_sml
+        sml_params.check()
+    units = _units(settings, hw, generator) + (_units(settings, hw, g1) if g1 is not None else 0)
+    tracker = _Progress(progress, cancel, len(lead) * units)
+    out = None
+    with _prepared(generator, settings) as (dev, autocast):
+        for index in lead:
+            tracker.check()
+            src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
+            h, w = src.rgb.shape[:2]
+            rad01 = None
+            if rad is not None:
+                rad01 = as_rgb(rad[index], name="radiance", min_size=MIN_SIZE).rgb
+                if rad01.shape != src.rgb.shape:
+                    raise RefocusError(f"radiance slices are {rad01.shape[:2]}; the image's are {src.rgb.shape[:2]}.")
+            elif g1 is not None:
+                with _prepared(g1, settings) as (dev1, autocast1):
+                    x = _deblur_input(src.rgb, g1, sml_params)
+                    rad01 = _to_image(_forward(g1, x, None, settings, dev1, autocast1, tracker), h, w)
+                    del x
+            x = _refocus_input(src.rgb, rad01, generator)
+            src.rgb = rad01 = None  # x holds the pixels now
+            y = _forward(generator, x, d, settings, dev, autocast, tracker)
+            del x
+            out = _store(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- layout
+
+
+def _settings(device, tile, margin, precision) -> RunSettings:
+    s = RunSettings(None if device is None else pick_device(device), tile, margin, precision)
+    s.check()
+    _autocast_dtype(s.device or torch.device("cpu"), precision)  # validates the name early
+    return s
+
+
+def _layout(image, rgb: bool | None, name: str) -> tuple[np.ndarray, list[tuple], tuple[int, int]]:
+    """Validate ``image`` and list its 2-D slices: (array, slice indices, (H, W))."""
+    arr = np.asarray(image)
+    if arr.dtype.kind not in "uif" or (arr.dtype.kind == "i"):
+        raise RefocusError(f"{name} has dtype {arr.dtype}; expected uint8, uint16 or float.")
+    if arr.size == 0:
+        raise RefocusError(f"{name} is empty (shape {arr.shape}).")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise RefocusError(f"{name} contains NaN or Inf values; clean the data first.")
+    if rgb is None:
+        rgb = arr.ndim >= 3 and arr.shape[-1] in (1, 3, 4)
+        if arr.ndim == 3 and arr.shape[-1] < MIN_SIZE and not rgb:
+            raise RefocusError(
+                f"{name} has shape {arr.shape}: a last axis of {arr.shape[-1]} is neither colour (3 or 4) nor an "
+                "image width; expected (H, W), (H, W, 3|4) or stacks (..., H, W[, 3|4])."
+            )
+    if rgb and (arr.ndim < 3 or arr.shape[-1] not in (1, 3, 4)):
+        raise RefocusError(f"{name} has shape {arr.shape}; colour images need a last axis of 3 or 4.")
+    spatial = 3 if rgb else 2
+    if arr.ndim < spatial:
+        raise RefocusError(f"{name} has shape {arr.shape}; expected a 2-D image (H, W) or (H, W, 3|4).")
+    lead_shape = arr.shape[: arr.ndim - spatial]
+    h, w = arr.shape[len(lead_shape) : len(lead_shape) + 2]
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise RefocusError(f"{name} is {h}×{w} pixels; the networks need at least {MIN_SIZE}×{MIN_SIZE}.")
+    return arr, list(np.ndindex(*lead_shape)) if lead_shape else [()], (h, w)
+
+
+def _store(out: np.ndarray | None, result: np.ndarray, shape: tuple, lead: list[tuple], index: tuple) -> np.ndarray:
+    """Put one slice's result in place; (H, W, 1) input gets (H, W, 1) back, not (H, W)."""
+    result = result.reshape(shape[len(index) :]) if result.size == math.prod(shape[len(index) :]) else result
+    if lead == [()]:
+        return result
+    if out is None:
+        out = np.empty(shape[: len(index)] + result.shape, dtype=result.dtype)
+    out[index] = result
+    return out
+
+
+def _units(settings: RunSettings, hw: tuple[int, int], generator: Generator) -> int:
+    """Progress steps per generator run on one slice."""
+    hp, wp = (_ceil4(n) for n in hw)
+    tile = settings.tile_for(hp, wp, generator.cfg)
+    if tile is None:
+        return 1
+    margin = settings.margin_for(generator.cfg)
+    n_tiles = len(_axis_plan(hp, tile, margin)) * len(_axis_plan(wp, tile, margin))
+    return n_tiles * _tiled_passes(generator)
+
+
+def _ceil4(n: int) -> int:
+    return -(-n // 4) * 4
+
+
+# --------------------------------------------------------------------------------------------- per slice
+
+
+def _deblur_input(rgb01: np.ndarray, generator: Generator, sml_params: SMLParams) -> torch.Tensor:
+    """G1's input for an (H, W, 3) image in [0, 1]: (1, 3|4, Hp, Wp), RGB in [-1, 1] + focus channel."""
+    h, w = rgb01.shape[:2]
+    with torch.inference_mode():
+        rgb_t = torch.from_numpy(rgb01).permute(2, 0, 1)[None]  # (1, 3, H, W), a view
+        channels = generator.cfg.in_channels
+        x = torch.empty((1, channels, _ceil4(h), _ceil4(w)), dtype=torch.float32)
+        x[0, :3, :h, :w] = rgb_t[0]
+        if channels == 4:
+            _focus_into(x[0, 3, :h, :w], rgb_t, sml_params)
+        return _signed_and_padded(x, h, w, 3)
+
+
+def _refocus_input(rgb01: np.ndarray, radiance01: np.ndarray | None, generator: Generator) -> torch.Tensor:
+    """G2's input: (1, 6, Hp, Wp) RGB + radiance in [-1, 1] (or RGB only for a single-stage G2)."""
+    h, w = rgb01.shape[:2]
+    with torch.inference_mode():
+        channels = generator.cfg.in_channels
+        x = torch.empty((1, channels, _ceil4(h), _ceil4(w)), dtype=torch.float32)
+        x[0, :3, :h, :w] = torch.from_numpy(rgb01).permute(2, 0, 1)
+        if channels == 6:
+            x[0, 3:, :h, :w] = torch.from_numpy(radiance01).permute(2, 0, 1)
+        return _signed_and_padded(x, h, w, channels)
+
+
+def _focus_into(dest: torch.Tensor, rgb_t: torch.Tensor, params: SMLParams) -> None:
+    """G1's focus channel of the whole image, computed in row strips whose overlap covers SML's reach
+    (window radius + Laplacian step), so that every strip equals the whole-image result."""
+    h = rgb_t.shape[-2]
+    reach = params.window // 2 + params.step
+    for y0 in range(0, h, FOCUS_STRIP_ROWS):
+        y1 = min(h, y0 + FOCUS_STRIP_ROWS)
+        a, b = max(0, y0 - reach), min(h, y1 + reach)
+        dest[y0:y1] = focus_channel(rgb_t[:, :, a:b], params)[0, 0, y0 - a : y1 - a]
+
+
+def _signed_and_padded(x: torch.Tensor, h: int, w: int, n_image_channels: int) -> torch.Tensor:
+    """Map the image channels [0, 1] → [-1, 1] in place (the focus channel already is) and fill the pad
+    rows/columns by reflection, as F.pad(mode="reflect") would, without a second full-size copy."""
+    images = x[0, :n_image_channels, :h, :w]
+    images.mul_(2).sub_(1)
+    hp, wp = x.shape[-2:]
+    for j in range(wp - w):  # columns w, w+1, … mirror w−2, w−3, …
+        x[0, :, :h, w + j] = x[0, :, :h, w - 2 - j]
+    for i in range(hp - h):
+        x[0, :, h + i, :] = x[0, :, h - 2 - i, :]
+    return x
+
+
+def _to_image(y: torch.Tensor, h: int, w: int) -> np.ndarray:
+    """(3, Hp, Wp) in [-1, 1] → (H, W, 3) float32 in [0, 1], reusing ``y``'s memory for the arithmetic."""
+    with torch.inference_mode():
+        return y.add_(1).mul_(0.5)[:, :h, :w].permute(1, 2, 0).contiguous().numpy()
+
+
+# --------------------------------------------------------------------------------------------- forward
+
+
+@torch.inference_mode()
+def _forward(generator, x, delta, settings, device, autocast, tracker) -> torch.Tensor:
+    """(1, C, Hp, Wp) CPU input → (3, Hp, Wp) CPU float32 output, whole or tiled."""
+    hp, wp = x.shape[-2:]
+    tile = settings.tile_for(hp, wp, generator.cfg)
+    if tile is None:
+        tracker.check()
+        y = _run(generator, x, delta, device, autocast)[0]
+        tracker.step()
+        return y
+    return _tiled_forward(generator, x, delta, tile, settings, device, autocast, tracker)
+
+
+def _run(generator, x: torch.Tensor, delta, device, autocast) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if autocast is None:
+        y = generator(x, delta)
+    else:
+        with torch.autocast(device.type, dtype=autocast):
+            y = generator(x, delta)
+    return y.float().cpu()
+
+
+@dataclass(frozen=True)
+class _Span:
+    """One tile along one axis: core [c0, c1) inside window [w0, w1), blended over ``blend`` pixels."""
+
+    c0: int
+    c1: int
+    w0: int
+    w1: int
+    length: int
+    blend: int
+
+    def weights(self) -> tuple[int, int, torch.Tensor]:
+        """(start, stop, weight) over the part of the window that contributes. Raised-cosine ramps
+        centred on the core edges: at a shared edge this tile's cos² and the neighbour's sin² sum to 1."""
+        b = self.blend
+        start = self.w0 if self.c0 == 0 else self.c0 - b // 2
+        stop = self.w1 if self.c1 == self.length else self.c1 + b // 2
+        p = torch.arange(start, stop, dtype=torch.float64) + 0.5
+        wgt = torch.ones_like(p)
+        if b > 0:
+            if self.c0 > 0:
+                wgt *= torch.sin(0.5 * math.pi * ((p - (self.c0 - b / 2)) / b).clamp(0, 1)) ** 2
+            if self.c1 < self.length:
+                wgt *= torch.cos(0.5 * math.pi * ((p - (self.c1 - b / 2)) / b).clamp(0, 1)) ** 2
+        return start, stop, wgt.float()
+
+
+def _axis_plan(length: int, tile: int, margin: int) -> list[_Span]:
+    """Split [0, length) into nearly equal cores on the stride-4 grid, each widened by ``margin``."""
+    n = max(1, math.ceil(length / tile))
+    bounds = [min(length, _round4(length * i / n)) for i in range(n + 1)]
+    bounds[-1] = length
+    blend = margin // 2  # the least context any weighted pixel gets is margin − blend/2
+    return [
+        _Span(a, b, max(0, a - margin), min(length, b + margin), length, blend) for a, b in itertools.pairwise(bounds)
+    ]
+
+
+class _Moments:
+    """Per-channel mean and variance merged over tiles (Chan et al.'s parallel update, in float64)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, n: int, mean: torch.Tensor, var: torch.Tensor) -> None:
+        mean, var = mean.double().cpu(), var.double().cpu()
+        if self.n == 0:
+            self.n, self.mean, self.m2 = n, mean, var * n
+            return
+        total = self.n + n
+        diff = mean - self.mean
+        self.mean = self.mean + diff * (n / total)
+        self.m2 = self.m2 + var * n + diff**2 * (self.n * n / total)
+        self.n = total
+
+    def stats(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1, 1, 1)
+        return self.mean.float().view(shape).to(device), (self.m2 / self.n).float().view(shape).to(device)
+
+
+class _CoreMoments(_Moments):
+    """A pre-hook for one InstanceNorm: adds the moments of its input over the current tile's core, then
+    stops the forward (nothing after this norm is needed for its statistics)."""
+
+    tile: tuple[_Span, _Span]
+
+    def hook(self, module, args) -> None:
+        a = args[0]
+        r, c = self.tile
+        s = (r.w1 - r.w0) // a.shape[-2]  # this layer's stride: 1, 2 or 4
+        core = a[..., (r.c0 - r.w0) // s : (r.c1 - r.w0) // s, (c.c0 - c.w0) // s : (c.c1 - c.w0) // s]
+        var, mean = torch.var_mean(core.float(), dim=(0, 2, 3), correction=0)
+        self.add(core.shape[0] * core.shape[-2] * core.shape[-1], mean, var)
+        raise _Stop
+
+
+class _Stop(Exception):
+    """Ends a statistics pass at the InstanceNorm being measured; the rest of the stage is not needed."""
+
+
+def _stages(generator: Generator, x: torch.Tensor, delta_map: torch.Tensor | None):
+    """The generator's forward split at the bottleneck, as (run(tile, cached input) → output, modules whose
+    InstanceNorms it runs, in order): the encoder (head, down, δ fusion), each residual block, and the
+    decoder (up, tail, focus gate, residual and clamp). Together they compute exactly
+    :meth:`Generator.forward` (the tiled-vs-untiled tests hold them to it)."""
+    cfg = generator.cfg
+
+    def window(tile, device) -> torch.Tensor:
+        r, c = tile
+        xw = x[..., r.w0 : r.w1, c.w0 : c.w1].to(device, non_blocking=True)
+        return xw.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else xw
+
+    def encode(tile, _, device):
+        y = generator.down(generator.head(window(tile, device)))
+        if delta_map is not None:
+            r, c = tile
+            crop = delta_map[..., r.w0 // 4 : r.w1 // 4, c.w0 // 4 : c.w1 // 4]
+            y = generator.fuse(torch.cat([y, crop.to(y.dtype)], dim=1))
+        return y
+
+    def block(module):
+        return lambda tile, y, device: module(y)
+
+    def decode(tile, y, device):
+        xw = window(tile, device)
+        residual = generator.tail(generator.up(y))
+        if cfg.focus_gate:
+            residual = residual * torch.sigmoid(generator.gate_scale * (generator.gate_shift - xw[:, 3:4]))
+        return torch.clamp(xw[:, :3] + residual, -1, 1)
+
+    return (
+        [(encode, [generator.head, generator.down])]
+        + [(block(b), [b]) for b in generator.blocks]
+        + [(decode, [generator.up])]
+    )
+
+
+def _tiled_passes(generator: Generator) -> int:
+    """Passes over the tiles: one per InstanceNorm (its statistics) plus one per stage (its output)."""
+    n_norms = sum(isinstance(m, InstanceNorm) for m in generator.modules())
+    return n_norms + len(generator.blocks) + 2
+
+
+def _tiled_forward(generator, x, delta, tile, settings, device, autocast, tracker) -> torch.Tensor:
+    """Exact tiled forward: stage by stage, each InstanceNorm's whole-image statistics are measured over
+    the tile cores with the earlier ones fixed, then the stage's output is cached per tile window."""
+    hp, wp = x.shape[-2:]
+    margin = settings.margin_for(generator.cfg)
+    tiles = [(r, c) for r in _axis_plan(hp, tile, margin) for c in _axis_plan(wp, tile, margin)]
+    delta_map = None
+    if generator.cfg.delta_mode != "none":
+        # the whole image's δ map, cropped per tile (run whole, the network resizes it to the image)
+        delta_map = generator.delta(torch.tensor([float(delta)], device=device), (hp // 4, wp // 4))
+    norms = [m for m in generator.modules() if isinstance(m, InstanceNorm)]
+    cache: list[torch.Tensor | None] = [None] * len(tiles)
+    out = torch.zeros((3, hp, wp), dtype=torch.float32)
+    stages = _stages(generator, x, delta_map)
+
+    def run(fn, i):
+        cached = cache[i] if cache[i] is None else cache[i].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext():
+            return fn(tiles[i], cached, device)
+
+    try:
+        for k, (fn, modules) in enumerate(stages):
+            for norm in [m for mod in modules for m in mod.modules() if isinstance(m, InstanceNorm)]:
+                recorder = _CoreMoments()
+                handle = norm.register_forward_pre_hook(recorder.hook)
+                try:
+                    for i, tile_i in enumerate(tiles):
+                        tracker.check()
+                        recorder.tile = tile_i
+                        try:
+                            run(fn, i)
+                        except _Stop:
+                            pass
+                        tracker.step()
+                finally:
+                    handle.remove()
+                norm.fixed_stats = recorder.stats(device)
+            last = k == len(stages) - 1
+            for i, (r, c) in enumerate(tiles):
+                tracker.check()
+                y = run(fn, i)
+                if last:
+                    y0, y1, wy = r.weights()
+                    x0, x1, wx = c.weights()
+                    crop = y[0, :, y0 - r.w0 : y1 - r.w0, x0 - c.w0 : x1 - c.w0].float().cpu()
+                    out[:, y0:y1, x0:x1] += crop * (wy[:, None] * wx[None, :])
+                    cache[i] = None
+                else:
+                    cache[i] = y if device.type == "cpu" else y.cpu()
+                tracker.step()
+        return out
+    finally:
+        for norm in norms:
+            norm.fixed_stats = None

@@ -1,0 +1,144 @@
+"""``refocusgan deblur / refocus / models`` against the inference API and with bad input."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_refocusgan.cli import main
+from napari_refocusgan.core import weights
+from napari_refocusgan.core.inference import deblur, refocus
+from napari_refocusgan.core.networks import Generator, deblur_config, refocus_config
+from napari_refocusgan.core.weights import load_generator, register_weights, save_generator
+
+
+def assert_8bit_close(a: np.ndarray, b: np.ndarray) -> None:
+    """Same pixels up to a rounding flip: float sums may differ in the last bit between runs."""
+    assert a.dtype == b.dtype == np.uint8 and a.shape == b.shape
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def make(cfg, seed):
+    torch.manual_seed(seed)
+    g = Generator(cfg)
+    torch.nn.init.normal_(g.tail[1].weight, 0.0, 0.05)
+    return g
+
+
+@pytest.fixture
+def files(tmp_path):
+    g1, g2 = tmp_path / "g1.safetensors", tmp_path / "g2.safetensors"
+    save_generator(make(deblur_config(ngf=4, n_blocks=1), 1), g1, "deblur")
+    save_generator(make(refocus_config(ngf=4, n_blocks=1), 2), g2, "refocus")
+    rng = np.random.default_rng(0)
+    image = (rng.random((37, 45, 3)) * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "in.png", image)
+    return {"g1": g1, "g2": g2, "image": image, "png": tmp_path / "in.png", "dir": tmp_path}
+
+
+@pytest.fixture
+def empty_registry(tmp_path, monkeypatch):
+    registry = tmp_path / "registry" / "registry.json"
+    registry.parent.mkdir()
+    registry.write_text("[]")
+    monkeypatch.setattr(weights, "REGISTRY_PATH", registry)
+    return registry
+
+
+def test_deblur_writes_8_bit_like_the_api(files, capsys):
+    out = files["dir"] / "out.png"
+    assert main(["deblur", str(files["png"]), "-o", str(out), "--weights", str(files["g1"]), "--device", "cpu"]) == 0
+    result = iio.imread(out)
+    assert result.dtype == np.uint8 and result.shape == files["image"].shape
+    assert_8bit_close(result, deblur(files["image"], load_generator(files["g1"])))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_float_tiff_in_float32_tiff_out(files):
+    image = files["image"].astype(np.float32) / 255
+    tifffile.imwrite(files["dir"] / "in.tif", image, photometric="rgb")
+    out = files["dir"] / "out.tif"
+    args = ["deblur", str(files["dir"] / "in.tif"), "-o", str(out), "--weights", str(files["g1"])]
+    assert main(args) == 0
+    result = tifffile.imread(out)
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, deblur(image, load_generator(files["g1"])), atol=1e-5)
+
+
+def test_refocus_with_given_radiance_or_with_g1(files):
+    rad_path, out1, out2 = (files["dir"] / n for n in ("rad.png", "r1.png", "r2.png"))
+    assert main(["deblur", str(files["png"]), "-o", str(rad_path), "--weights", str(files["g1"])]) == 0
+    base = ["refocus", str(files["png"]), "--delta=-4.5", "--weights", str(files["g2"])]
+    assert main(base + ["-o", str(out1), "--radiance", str(rad_path)]) == 0
+    g2 = load_generator(files["g2"])
+    expected = refocus(files["image"], -4.5, g2, radiance=iio.imread(rad_path))
+    assert_8bit_close(iio.imread(out1), expected)
+    assert main(base + ["-o", str(out2), "--deblur-weights", str(files["g1"])]) == 0
+    via_g1 = refocus(files["image"], -4.5, g2, deblur_model=load_generator(files["g1"]))
+    assert_8bit_close(iio.imread(out2), via_g1)
+
+
+def test_default_weights_come_from_the_registry(files, empty_registry, capsys):
+    out = files["dir"] / "out.png"
+    assert main(["deblur", str(files["png"]), "-o", str(out)]) == 2
+    assert "no shipped weights for deblur (G1); pass --weights" in capsys.readouterr().err
+    shipped = empty_registry.parent / "g1.safetensors"
+    shipped.write_bytes(files["g1"].read_bytes())
+    register_weights(shipped, name="g1-test", registry=empty_registry)
+    assert main(["deblur", str(files["png"]), "-o", str(out)]) == 0
+    assert "g1-test" in capsys.readouterr().out
+
+
+def test_models_lists_and_checks_the_shipped_weights(files, empty_registry, capsys):
+    assert main(["models"]) == 0
+    assert "no shipped weights" in capsys.readouterr().out
+    shipped = empty_registry.parent / "g2.safetensors"
+    shipped.write_bytes(files["g2"].read_bytes())
+    register_weights(
+        shipped, name="g2-test", metadata={"steps": "100"}, metrics={"psnr": 31.5}, registry=empty_registry
+    )
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "g2-test (default): refocus, ngf 4, 1 blocks, δ continuous -9…+9" in text
+    assert str(shipped) in text and "[ok," in text and "psnr=31.5" in text and "steps=100" in text
+    shipped.write_bytes(shipped.read_bytes()[:-4] + b"\0\0\0\0")
+    assert main(["models"]) == 2
+    captured = capsys.readouterr()
+    assert "HASH MISMATCH" in captured.out and "missing or corrupt" in captured.err
+
+
+def test_bad_inputs_exit_2_with_a_message(files, capsys, tmp_path):
+    pickle_file = tmp_path / "model.pt"
+    torch.save(make(deblur_config(ngf=4, n_blocks=1), 0).state_dict(), pickle_file)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(files["g1"].read_bytes()[:200])
+    png, out = str(files["png"]), str(tmp_path / "o.png")
+    cases = [
+        (
+            ["refocus", png, "--delta", "12", "-o", out, "--weights", str(files["g2"])],
+            "outside this model's trained range",
+        ),
+        (["deblur", png, "-o", out, "--weights", str(pickle_file)], "we never unpickle"),
+        (["deblur", png, "-o", out, "--weights", str(corrupt)], "not a safetensors file"),
+        (["deblur", png, "-o", out, "--weights", str(files["g2"])], "a deblur generator is needed"),
+        (["deblur", str(tmp_path / "missing.png"), "-o", out, "--weights", str(files["g1"])], "does not exist"),
+        (["deblur", png, "-o", str(tmp_path / "o.gif"), "--weights", str(files["g1"])], "must end in one of"),
+        (["deblur", png, "-o", out, "--weights", str(files["g1"]), "--device", "tpu"], "device"),
+        (["deblur", png, "-o", out, "--weights", str(files["g1"]), "--tile", "-5"], "tile must be"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(
+            (["deblur", png, "-o", out, "--weights", str(files["g1"]), "--device", "cuda"], "not available here")
+        )
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    tiny = tmp_path / "tiny.png"
+    iio.imwrite(tiny, np.zeros((1, 1, 3), np.uint8))
+    assert main(["deblur", str(tiny), "-o", out, "--weights", str(files["g1"])]) == 2
+    assert "1×1 pixels" in capsys.readouterr().err

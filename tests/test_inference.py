@@ -1,0 +1,358 @@
+"""Inference engine: the model I/O contract, layouts and dtypes, exact tiling, devices, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_refocusgan.core import inference
+from napari_refocusgan.core.errors import RefocusError
+from napari_refocusgan.core.focalstack import Cancelled
+from napari_refocusgan.core.focus import SMLParams, focus_channel
+from napari_refocusgan.core.inference import (
+    _axis_plan,
+    _Moments,
+    available_devices,
+    check_delta,
+    deblur,
+    pick_device,
+    receptive_field,
+    refocus,
+)
+from napari_refocusgan.core.networks import Generator, InstanceNorm, deblur_config, refocus_config
+from napari_refocusgan.core.weights import load_generator, save_generator
+
+
+def make(cfg, seed: int = 0) -> Generator:
+    """A random generator whose output differs from its input (the real init starts as the identity)."""
+    torch.manual_seed(seed)
+    g = Generator(cfg)
+    torch.nn.init.normal_(g.tail[1].weight, 0.0, 0.05)
+    return g.eval()
+
+
+@pytest.fixture(scope="module")
+def g1():
+    return make(deblur_config(ngf=6, n_blocks=2), seed=1)
+
+
+@pytest.fixture(scope="module")
+def g2():
+    return make(refocus_config(ngf=6, n_blocks=2), seed=2)
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth blobs plus sharp detail in one half, float32 RGB in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = 0.5 + 0.3 * np.sin(6 * yy[..., None] + np.array([0, 1, 2]) + 9 * xx[..., None])
+    detail = rng.random((h, w, 3)) * (xx[..., None] > 0.5) * 0.3
+    return np.clip(base + detail, 0, 1).astype(np.float32)
+
+
+def reference(generator, x: torch.Tensor, delta=None) -> np.ndarray:
+    """Run the generator directly on a prepared (1, C, H, W) input; (H, W, 3) in [0, 1]."""
+    with torch.no_grad():
+        y = generator(x, delta)
+    return ((y[0].permute(1, 2, 0) + 1) / 2).numpy()
+
+
+def to_signed(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None] * 2 - 1
+
+
+# --------------------------------------------------------------------------------------------- contract
+
+
+def test_deblur_follows_the_model_io_contract(g1):
+    img = textured(48, 64)
+    rgb01 = torch.from_numpy(img).permute(2, 0, 1)[None]
+    x = torch.cat([rgb01 * 2 - 1, focus_channel(rgb01, SMLParams())], dim=1)
+    np.testing.assert_allclose(deblur(img, g1), reference(g1, x), atol=2e-6)
+    assert np.abs(deblur(img, g1) - img).mean() > 0.01  # the test network really changes the image
+
+
+def test_refocus_follows_the_model_io_contract(g2):
+    img, rad = textured(48, 64, seed=1), textured(48, 64, seed=2)
+    x = torch.cat([to_signed(img), to_signed(rad)], dim=1)
+    np.testing.assert_allclose(refocus(img, 3.0, g2, radiance=rad), reference(g2, x, 3.0), atol=2e-6)
+    assert np.abs(refocus(img, 3.0, g2, radiance=rad) - refocus(img, -3.0, g2, radiance=rad)).mean() > 1e-3
+
+
+def test_odd_sizes_are_reflection_padded_to_a_multiple_of_4_and_cropped_back(g1):
+    img = textured(61, 75)
+    rgb01 = torch.from_numpy(img).permute(2, 0, 1)[None]
+    x = torch.cat([rgb01 * 2 - 1, focus_channel(rgb01)], dim=1)  # focus on the real pixels, then pad
+    expected = reference(g1, F.pad(x, (0, 1, 0, 3), mode="reflect"))[:61, :75]
+    out = deblur(img, g1)
+    assert out.shape == (61, 75, 3)
+    np.testing.assert_allclose(out, expected, atol=2e-6)
+
+
+def test_inference_instance_norm_matches_the_training_one():
+    x = torch.randn(2, 5, 13, 17) * 3 + 1
+    norm = InstanceNorm()
+    with torch.no_grad():  # the layer_norm fast path
+        fast = norm(x)
+    x.requires_grad_(True)
+    torch.testing.assert_close(fast, norm(x).detach(), atol=2e-6, rtol=0)
+    torch.testing.assert_close(fast, F.instance_norm(x.detach(), eps=norm.eps), atol=2e-6, rtol=0)
+
+
+def test_focus_channel_in_strips_equals_the_whole_image(monkeypatch):
+    rgb = torch.from_numpy(textured(70, 40)).permute(2, 0, 1)[None]
+    params = SMLParams(step=2, window=7)
+    monkeypatch.setattr(inference, "FOCUS_STRIP_ROWS", 16)
+    dest = torch.empty(70, 40)
+    inference._focus_into(dest, rgb, params)
+    torch.testing.assert_close(dest, focus_channel(rgb, params)[0, 0], atol=1e-6, rtol=0)
+
+
+def test_refocus_computes_the_radiance_with_g1_when_not_given(g1, g2):
+    img = textured(40, 52)
+    with_g1 = refocus(img, -2.0, g2, deblur_model=g1)
+    np.testing.assert_allclose(with_g1, refocus(img, -2.0, g2, radiance=deblur(img, g1)), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- layouts
+
+
+def test_dtypes_and_layouts_come_back_as_they_went_in(g1):
+    img = textured(40, 44)
+    float_out = deblur(img, g1)
+    u8 = (img * 255).round().astype(np.uint8)
+    out8 = deblur(u8, g1)
+    assert out8.dtype == np.uint8 and out8.shape == u8.shape
+    u16 = (img * 65535).round().astype(np.uint16)
+    out16 = deblur(u16, g1)
+    assert out16.dtype == np.uint16
+    np.testing.assert_allclose(out16 / 65535, float_out, atol=2e-3)
+    assert deblur(img.astype(np.float64), g1).dtype == np.float32
+
+    gray = img.mean(axis=-1)
+    out_gray = deblur(gray, g1)
+    assert out_gray.shape == gray.shape
+    np.testing.assert_allclose(out_gray, deblur(np.repeat(gray[..., None], 3, -1), g1).mean(-1), atol=1e-6)
+    assert deblur(gray[..., None], g1).shape == (40, 44, 1)
+
+    alpha = np.linspace(0, 1, 40 * 44, dtype=np.float32).reshape(40, 44, 1)
+    rgba = np.concatenate([img, alpha], axis=-1)
+    out_rgba = deblur(rgba, g1)
+    assert out_rgba.shape == (40, 44, 4)
+    np.testing.assert_array_equal(out_rgba[..., 3], alpha[..., 0])
+    np.testing.assert_allclose(out_rgba[..., :3], float_out, atol=1e-6)
+
+
+def test_input_array_is_not_modified(g1, g2):
+    img = (textured(36, 36) * 255).astype(np.uint8)
+    rad = img[::-1].copy()
+    before, rad_before = img.copy(), rad.copy()
+    deblur(img, g1, tile=16)
+    refocus(img, 1.0, g2, radiance=rad)
+    np.testing.assert_array_equal(img, before)
+    np.testing.assert_array_equal(rad, rad_before)
+
+
+def test_stacks_run_slice_by_slice(g1, g2):
+    a, b = textured(32, 40, seed=3), textured(32, 40, seed=4)
+    stack = np.stack([a, b])
+    out = deblur(stack, g1)
+    assert out.shape == stack.shape
+    np.testing.assert_allclose(out[1], deblur(b, g1), atol=1e-6)
+    gray = stack.mean(-1)[None]  # (1, 2, H, W): e.g. time × z
+    out_gray = deblur(gray, g1)
+    assert out_gray.shape == gray.shape
+    np.testing.assert_allclose(out_gray[0, 0], deblur(gray[0, 0], g1), atol=1e-6)
+    rad = deblur(stack, g1)
+    np.testing.assert_allclose(
+        refocus(stack, 2.0, g2, radiance=rad)[0], refocus(a, 2.0, g2, radiance=rad[0]), atol=1e-6
+    )
+
+
+# --------------------------------------------------------------------------------------------- tiling
+
+
+def test_blend_weights_are_a_partition_of_unity():
+    for length, tile, margin in [(1000, 256, 64), (128, 64, 32), (4000, 1024, 64), (96, 32, 0)]:
+        total = torch.zeros(length, dtype=torch.float64)
+        spans = _axis_plan(length, tile, margin)
+        for s in spans:
+            assert s.c0 % 4 == 0 and s.w0 % 4 == 0 and s.w1 - s.w0 <= s.c1 - s.c0 + 2 * margin
+            start, stop, wgt = s.weights()
+            assert s.w0 <= start and stop <= s.w1
+            total[start:stop] += wgt.double()
+        torch.testing.assert_close(total, torch.ones(length, dtype=torch.float64), atol=1e-6, rtol=0)
+        assert spans[0].c0 == 0 and spans[-1].c1 == length
+
+
+def test_moments_merge_like_one_big_sample():
+    parts = [torch.randn(3, n) * (i + 1) + i for i, n in enumerate([10, 200, 37])]
+    m = _Moments()
+    for p in parts:
+        var, mean = torch.var_mean(p, dim=1, correction=0)
+        m.add(p.shape[1], mean, var)
+    mean, var = m.stats("cpu")
+    var_ref, mean_ref = torch.var_mean(torch.cat(parts, dim=1), dim=1, correction=0)
+    torch.testing.assert_close(mean.view(-1), mean_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(var.view(-1), var_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        deblur_config(ngf=6, n_blocks=2),
+        deblur_config(ngf=6, n_blocks=1, in_channels=3, focus_gate=False),  # G1 without the SML channel
+        refocus_config(ngf=6, n_blocks=2),
+        refocus_config(deltas=(-9, -5, 5, 9), mode="onehot", ngf=6, n_blocks=1),
+        refocus_config(ngf=6, n_blocks=1, in_channels=3),  # single-stage G2
+    ],
+    ids=["g1", "g1-no-sml", "g2-continuous", "g2-onehot", "g2-single-stage"],
+)
+def test_tiled_output_equals_untiled(cfg):
+    g = make(cfg, seed=5)
+    img, rad = textured(100, 150, seed=6), textured(100, 150, seed=7)
+    if cfg.delta_mode == "none":
+        run = lambda **kw: deblur(img, g, **kw)
+    else:
+        run = lambda **kw: refocus(img, 5.0, g, radiance=rad, **kw)
+    whole = run()
+    calls = []
+    tiled = run(tile=64, progress=lambda d, t: calls.append((d, t)))
+    n_tiles = calls[-1][1] // inference._tiled_passes(g)
+    assert n_tiles > 1 and calls[-1][0] == calls[-1][1]  # it really ran in tiles
+    assert np.abs(tiled - whole).mean() < 1e-5  # exact up to float rounding (0.5/255 is the requirement)
+    naive = run(tile=64, margin=0)  # no context at all: tiles visibly disagree
+    assert np.abs(naive - whole).mean() > 1e-3
+
+
+def test_margin_is_the_receptive_field_and_tiles_fit_the_stride_grid():
+    cfg = deblur_config(n_blocks=6)  # ngf 32: the untiled budget is UNTILED_MAX_PIXELS
+    assert receptive_field(cfg) == 63
+    settings = inference.RunSettings(tile=500)
+    assert settings.margin_for(cfg) == 64
+    assert settings.tile_for(2000, 3000, cfg) == 500
+    assert settings.tile_for(400, 480, cfg) is None  # one tile covers it: untiled
+    assert inference.RunSettings(tile=50).tile_for(2000, 2000, cfg) == 128  # room for both blend ramps
+    assert inference.RunSettings(tile=0).tile_for(4000, 6000, cfg) == inference.DEFAULT_TILE
+    assert inference.RunSettings(tile=0).tile_for(1000, 1500, cfg) is None
+    wide = deblur_config(ngf=64, n_blocks=9)  # wider generators tile sooner, with a wider margin
+    assert inference.RunSettings(tile=0).tile_for(1800, 1500, wide) == inference.DEFAULT_TILE
+    assert inference.RunSettings().margin_for(wide) == 88
+
+
+def test_progress_cancel_and_model_state_are_handled(g1):
+    img = textured(100, 100)
+    g = make(deblur_config(ngf=6, n_blocks=1), seed=9).train()
+    seen = []
+
+    def cancel_after_three():
+        return len(seen) >= 3
+
+    with pytest.raises(Cancelled):
+        deblur(img, g, tile=32, progress=lambda d, t: seen.append((d, t)), cancel=cancel_after_three)
+    assert [d for d, _ in seen] == [1, 2, 3]
+    assert g.training  # the caller's mode is restored
+    assert all(m.fixed_stats is None for m in g.modules() if isinstance(m, InstanceNorm))
+    # and the interrupted model still gives the right untiled result
+    g.eval()
+    np.testing.assert_allclose(deblur(img, g), deblur(img, make(deblur_config(ngf=6, n_blocks=1), seed=9)), atol=1e-6)
+
+
+def test_loaded_models_carry_their_sml_parameters(tmp_path, g1):
+    path = tmp_path / "g1.safetensors"
+    params = SMLParams(step=2, window=3, threshold=0.0)
+    save_generator(g1, path, "deblur", sml_params=params)
+    img = textured(40, 40)
+    loaded = load_generator(path)
+    assert loaded.sml == params
+    np.testing.assert_allclose(deblur(img, loaded), deblur(img, g1, sml_params=params), atol=1e-6)
+    assert np.abs(deblur(img, loaded) - deblur(img, g1)).max() > 1e-4
+
+
+# --------------------------------------------------------------------------------------------- devices
+
+
+def test_devices():
+    assert available_devices()[-1] == "cpu"
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in ("cuda", "mps", "cpu")
+    if not torch.cuda.is_available():
+        assert pick_device("auto").type != "cuda"
+        with pytest.raises(RefocusError, match="not available here; available: .*cpu"):
+            pick_device("cuda:1")
+    with pytest.raises(RefocusError, match="unknown device 'gpu0'"):
+        pick_device("gpu0")
+
+
+def test_bf16_on_cpu_stays_close(g1):
+    img = textured(32, 32)
+    assert np.abs(deblur(img, g1, precision="bf16") - deblur(img, g1)).mean() < 0.02
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((16, 16, 3), np.int32), "dtype int32"),
+        (np.zeros((16, 16), np.complex64), "dtype complex64"),
+        (np.zeros((16, 16), bool), "dtype bool"),
+        (np.zeros((1, 1, 3), np.uint8), "1×1 pixels; the networks need at least 8×8"),
+        (np.zeros((1, 1), np.float32), "1×1 pixels"),
+        (np.zeros((7, 30, 3), np.float32), "7×30 pixels"),
+        (np.full((16, 16, 3), np.nan, np.float32), "NaN or Inf"),
+        (np.full((16, 16), np.inf), "NaN or Inf"),
+        (np.zeros((0, 16, 3), np.uint8), "empty"),
+        (np.zeros((16, 16, 2), np.uint8), "last axis of 2"),
+        (np.zeros(16, np.uint8), "expected a 2-D image"),
+        ("not an image", "dtype <U12"),
+    ],
+)
+def test_bad_images_are_clear_errors(g1, image, message):
+    with pytest.raises(RefocusError, match=message):
+        deblur(image, g1)
+
+
+def test_bad_delta_and_wrong_models(g1, g2):
+    img = textured(16, 16)
+    with pytest.raises(RefocusError, match=r"δ = \+12 is outside this model's trained range -9 … \+9"):
+        refocus(img, 12, g2, radiance=img)
+    onehot = make(refocus_config(deltas=(-9, -5, 5, 9), mode="onehot", ngf=4, n_blocks=1))
+    assert check_delta(onehot, -5) == -5.0
+    with pytest.raises(
+        RefocusError, match=r"δ = \+2 is not one this model was trained for; choose one of -9, -5, \+5, \+9"
+    ):
+        check_delta(onehot, 2)
+    for bad in (float("nan"), "x", None):
+        with pytest.raises(RefocusError, match="δ must be"):
+            check_delta(g2, bad)
+    with pytest.raises(RefocusError, match="deblur .* model; it takes no δ"):
+        check_delta(g1, 1.0)
+    with pytest.raises(RefocusError, match="deblurring needs a G1"):
+        deblur(img, g2)
+    with pytest.raises(RefocusError, match="refocusing needs a G2"):
+        refocus(img, 1.0, g1, radiance=img)
+    with pytest.raises(RefocusError, match="needs the radiance"):
+        refocus(img, 1.0, g2)
+    with pytest.raises(RefocusError, match="radiance has shape"):
+        refocus(img, 1.0, g2, radiance=textured(16, 20))
+    with pytest.raises(RefocusError, match="expected a generator"):
+        deblur(img, "g1.safetensors")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tile": -1}, "tile must be"),
+        ({"tile": 1.5}, "tile must be"),
+        ({"margin": 6}, "multiple of 4"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"device": "tpu"}, "unsupported device|unknown device"),
+    ],
+)
+def test_bad_run_settings(g1, kwargs, message):
+    with pytest.raises(RefocusError, match=message):
+        deblur(textured(16, 16), g1, **kwargs)

@@ -1,0 +1,261 @@
+"""Weights files (safetensors only, self-describing, checked on load) and the registry of shipped weights."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from napari_refocusgan.core import weights
+from napari_refocusgan.core.errors import RefocusError
+from napari_refocusgan.core.focus import SMLParams
+from napari_refocusgan.core.networks import Generator, deblur_config, refocus_config
+from napari_refocusgan.core.weights import (
+    FORMAT,
+    default_model,
+    file_sha256,
+    list_models,
+    load_generator,
+    register_weights,
+    save_generator,
+)
+
+
+def tiny(role: str = "deblur", seed: int = 0, **overrides) -> Generator:
+    torch.manual_seed(seed)
+    cfg = (
+        deblur_config(ngf=4, n_blocks=1, **overrides)
+        if role == "deblur"
+        else refocus_config(ngf=4, n_blocks=1, **overrides)
+    )
+    return Generator(cfg)
+
+
+@pytest.fixture
+def g1_file(tmp_path):
+    path = tmp_path / "g1.safetensors"
+    save_generator(tiny("deblur"), path, "deblur", {"steps": 12, "data": "synthetic"}, sml_params=SMLParams(window=5))
+    return path
+
+
+def test_roundtrip_keeps_weights_config_and_model_card(tmp_path):
+    model = tiny("refocus", seed=3)
+    path = tmp_path / "g2.safetensors"
+    digest = save_generator(model, path, "refocus", {"steps": 7, "config": "cpu-preset"})
+    assert digest == file_sha256(path)
+    loaded = load_generator(path)
+    assert loaded.role == "refocus" and loaded.config == model.cfg
+    assert not loaded.generator.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.generator.state_dict()[key], value), key
+    assert loaded.metadata["format"] == FORMAT
+    assert loaded.metadata["steps"] == "7"
+    # a model-card key that collides with a reserved one is kept under another name, not lost
+    assert loaded.metadata["training_config"] == "cpu-preset"
+    assert json.loads(loaded.metadata["config"])["ngf"] == 4
+    x = torch.rand(1, 6, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.generator(x, 2.0), model.eval()(x, 2.0), atol=1e-6, rtol=0)
+
+
+def test_sml_params_travel_with_the_file(g1_file):
+    assert load_generator(g1_file).sml == SMLParams(window=5)
+
+
+def test_save_refuses_a_role_that_contradicts_the_network(tmp_path):
+    with pytest.raises(RefocusError, match="cannot be saved as 'deblur'"):
+        save_generator(tiny("refocus"), tmp_path / "x.safetensors", "deblur")
+    with pytest.raises(RefocusError, match="role must be one of"):
+        save_generator(tiny("deblur"), tmp_path / "x.safetensors", "denoise")
+
+
+def test_role_is_enforced_on_load(g1_file):
+    with pytest.raises(RefocusError, match="holds a deblur generator; a refocus generator is needed"):
+        load_generator(g1_file, role="refocus")
+
+
+@pytest.mark.parametrize("zipfile", [True, False])
+def test_pickles_are_refused_and_never_unpickled(tmp_path, zipfile):
+    marker = tmp_path / "unpickled"
+
+    class Trap:  # unpickling this creates ``marker``
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "weights.safetensors"  # the name does not matter, the content does
+    if zipfile:
+        torch.save({"trap": Trap()}, path)
+    else:
+        path.write_bytes(pickle.dumps(Trap(), protocol=2))
+    with pytest.raises(RefocusError, match="only safetensors are accepted; we never unpickle"):
+        load_generator(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 4, b"not a weights file at all, just text", bytes(range(256)) * 10])
+def test_garbage_files_are_refused(tmp_path, content):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(RefocusError, match="not a safetensors file"):
+        load_generator(path)
+
+
+def test_truncated_file_is_refused(tmp_path, g1_file):
+    data = g1_file.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) - 100])  # header intact, tensor data short
+    with pytest.raises(RefocusError, match="corrupt or truncated"):
+        load_generator(cut)
+
+
+def _resave(src, dst, mutate_tensors=None, mutate_meta=None):
+    from safetensors import safe_open
+
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(src))
+    if mutate_tensors:
+        mutate_tensors(tensors)
+    if mutate_meta:
+        mutate_meta(meta)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def test_missing_unexpected_and_misshapen_tensors_are_listed(tmp_path, g1_file):
+    def mutate(t):
+        del t["tail.1.bias"]
+        t["extra.weight"] = torch.zeros(2)
+        t["head.1.weight"] = torch.zeros(4, 4, 3, 3)
+
+    bad = _resave(g1_file, tmp_path / "bad.safetensors", mutate)
+    with pytest.raises(RefocusError) as err:
+        load_generator(bad)
+    msg = str(err.value)
+    assert "missing 1: tail.1.bias" in msg
+    assert "unexpected 1: extra.weight" in msg
+    assert "head.1.weight (4, 4, 3, 3) ≠ (4, 4, 7, 7)" in msg
+
+
+def test_config_that_does_not_fit_the_tensors_is_refused(tmp_path, g1_file):
+    def widen(meta):
+        cfg = json.loads(meta["config"])
+        cfg["ngf"] = 8
+        meta["config"] = json.dumps(cfg)
+
+    bad = _resave(g1_file, tmp_path / "bad.safetensors", mutate_meta=widen)
+    with pytest.raises(RefocusError, match="wrong shape"):
+        load_generator(bad)
+
+
+def test_foreign_safetensors_and_bad_metadata_are_refused(tmp_path, g1_file):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(foreign))
+    with pytest.raises(RefocusError, match="not napari-refocusgan weights"):
+        load_generator(foreign)
+    bad = _resave(g1_file, tmp_path / "bad.safetensors", mutate_meta=lambda m: m.update(config="{not json"))
+    with pytest.raises(RefocusError, match="unreadable model description"):
+        load_generator(bad)
+
+
+def test_nan_weights_are_refused(tmp_path, g1_file):
+    bad = _resave(g1_file, tmp_path / "nan.safetensors", lambda t: t["head.1.weight"].view(-1).__setitem__(0, np.nan))
+    with pytest.raises(RefocusError, match="NaN/Inf weights in head.1.weight"):
+        load_generator(bad)
+
+
+def test_missing_path_folder_and_unknown_name(tmp_path):
+    with pytest.raises(RefocusError, match="no such file and no such registered name"):
+        load_generator(tmp_path / "nope.safetensors")
+    with pytest.raises(RefocusError, match="is a folder"):
+        load_generator(tmp_path)
+    with pytest.raises(RefocusError, match="say which weights"):
+        load_generator(None)
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+def test_empty_registry_has_no_default(tmp_path):
+    registry = tmp_path / "registry.json"
+    registry.write_text("[]")
+    with pytest.raises(RefocusError, match=r"no shipped weights for deblur .*pass --weights"):
+        default_model("deblur", registry)
+    with pytest.raises(RefocusError, match=r"no shipped weights for refocus"):
+        load_generator("refocus", registry=registry)
+    assert list_models(tmp_path / "absent.json") == []
+
+
+def test_register_then_load_by_name_role_and_path(tmp_path):
+    registry = tmp_path / "weights" / "registry.json"
+    registry.parent.mkdir()
+    for seed, name in [(1, "g1-old"), (2, "g1-new")]:
+        path = registry.parent / f"{name}.safetensors"
+        save_generator(tiny("deblur", seed=seed), path, "deblur", {"steps": seed})
+        register_weights(path, name=name, metrics={"psnr": 30.0 + seed}, registry=registry)
+    g2 = registry.parent / "g2.safetensors"
+    save_generator(tiny("refocus"), g2, "refocus")
+    register_weights(g2, name="g2", metadata={"config": "cpu", "steps": 5}, registry=registry)  # as training export
+
+    entries = {e.name: e for e in list_models(registry)}
+    assert set(entries) == {"g1-old", "g1-new", "g2"}
+    raw = json.loads(registry.read_text())
+    assert all(not e["file"].startswith("/") for e in raw)  # relative: the package can move
+    assert entries["g1-new"].metrics == {"psnr": 32.0} and entries["g1-new"].training["steps"] == "2"
+    assert entries["g2"].deltas == tuple(float(d) for d in range(-9, 10))
+    assert entries["g2"].training == {"training_config": "cpu", "steps": "5"}
+    # the newest registration of a role becomes its default
+    assert default_model("deblur", registry).name == "g1-new"
+    assert load_generator("deblur", registry=registry).name == "g1-new"
+    by_name = load_generator("g1-old", registry=registry)
+    reference = tiny("deblur", seed=1).state_dict()
+    assert torch.equal(by_name.generator.state_dict()["head.1.weight"], reference["head.1.weight"])
+    assert load_generator(None, role="refocus", registry=registry).name == "g2"
+    # re-registering a name replaces its entry
+    register_weights(registry.parent / "g1-old.safetensors", name="g1-old", registry=registry)
+    assert [e.name for e in list_models(registry)].count("g1-old") == 1
+    assert default_model("deblur", registry).name == "g1-old"
+
+
+def test_shipped_file_is_checked_against_its_hash(tmp_path):
+    registry = tmp_path / "registry.json"
+    path = tmp_path / "g1.safetensors"
+    save_generator(tiny("deblur"), path, "deblur")
+    register_weights(path, name="g1", registry=registry)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit in the tensor data: still a valid safetensors file
+    path.write_bytes(bytes(data))
+    with pytest.raises(RefocusError, match="does not match the registry's sha256"):
+        load_generator("g1", registry=registry)
+    with pytest.raises(RefocusError, match="does not match the registry's sha256"):
+        load_generator(path, registry=registry)  # by path too: it is a shipped file
+    path.unlink()
+    with pytest.raises(RefocusError, match="shipped weights 'g1' are missing"):
+        load_generator("g1", registry=registry)
+
+
+def test_corrupt_registry_is_a_clear_error(tmp_path):
+    registry = tmp_path / "registry.json"
+    registry.write_text("{broken")
+    with pytest.raises(RefocusError, match="registry .* is unreadable"):
+        list_models(registry)
+    registry.write_text('[{"name": "x"}]')
+    with pytest.raises(RefocusError, match="bad entry 'x'"):
+        list_models(registry)
+
+
+def test_the_packaged_registry_is_valid_and_its_files_match():
+    """Whatever ships in the package: every entry loads, hash and shapes checked."""
+    for entry in list_models():
+        assert entry.path.parent == weights.WEIGHTS_DIR.resolve()
+        model = load_generator(entry.name)
+        assert model.role == entry.role and model.config == entry.config
+
+
+def test_unwritable_destination_is_a_clear_error(tmp_path):
+    with pytest.raises(RefocusError, match="cannot write weights"):
+        save_generator(tiny("deblur"), tmp_path / "no" / "such" / "folder" / "g1.safetensors", "deblur")
