@@ -1,0 +1,128 @@
+"""The evaluation tables: metrics, masks, identity rows against direct computations, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from napari_refocusgan.core.focalstack import StackConfig
+from napari_refocusgan.core.networks import Generator, deblur_config, refocus_config
+from training import evaluate as ev
+
+SHARED_HCI = Path(__file__).parents[2] / "shared" / "data" / "hci_antinous"
+
+
+def tiny_scene(seed: int = 0, size: int = 24) -> ev.EvalScene:
+    rng = np.random.default_rng(seed)
+    centre = rng.random((size, size, 3)).astype(np.float32)
+    stack = np.clip(centre[None] + rng.normal(0, 0.05, (10, size, size, 3)), 0, 1).astype(np.float32)
+    slopes = StackConfig().slopes()
+    disparity = np.full((size, size), slopes[3], np.float32)
+    disparity[: size // 2] = slopes[8]
+    return ev.EvalScene(f"tiny{seed}", stack, slopes, centre, disparity)
+
+
+def test_identity_deblur_row_equals_a_direct_computation():
+    scenes = [tiny_scene(0), tiny_scene(1)]
+    methods = {"identity": lambda sc, k: sc.stack[k], "truth": lambda sc, k: sc.centre * 0.98}
+    rows = ev.deblur_rows(scenes, methods, "tiny")
+    direct_psnr = np.mean([peak_signal_noise_ratio(sc.centre, sc.stack[k], data_range=1) for sc in scenes for k in range(10)])
+    direct_ssim = np.mean([structural_similarity(sc.centre, sc.stack[k], channel_axis=2, data_range=1) for sc in scenes for k in range(10)])
+    identity = rows[0]
+    assert identity.items == 20
+    assert identity.psnr == pytest.approx(direct_psnr, abs=1e-9)
+    assert identity.ssim == pytest.approx(direct_ssim, abs=1e-6)
+    assert identity.gain_db == 0
+    assert rows[1].gain_db == pytest.approx(rows[1].psnr - identity.psnr)
+    # slice 3: the lower half is in focus, the upper half is 5 slices away (out of focus)
+    sc = scenes[0]
+    lower = np.zeros(sc.disparity.shape, bool)
+    lower[12:] = True
+    in3, out3 = ev.focus_masks(sc.disparity, float(sc.slopes[3]), sc.step)
+    np.testing.assert_array_equal(in3, lower)
+    np.testing.assert_array_equal(out3, ~lower)
+    expected_in = np.mean(
+        [peak_signal_noise_ratio(s.centre[m], s.stack[k][m], data_range=1)
+         for s in scenes for k in range(10) for m in [ev.focus_masks(s.disparity, float(s.slopes[k]), s.step)[0]] if m.any()]
+    )  # fmt: skip
+    assert identity.psnr_in_focus == pytest.approx(expected_in, abs=1e-9)
+
+
+def test_masks_use_half_a_slice_and_two_slices():
+    step = StackConfig().slope_step
+    disparity = np.array([[0.0, 0.4 * step, 0.6 * step, 2.5 * step]], np.float32)
+    in_focus, out_of_focus = ev.focus_masks(disparity, 0.0, step)
+    assert in_focus.tolist() == [[True, True, False, False]]
+    assert out_of_focus.tolist() == [[False, False, False, True]]
+
+
+def test_identity_refocus_row_compares_slice_i_with_slice_i_plus_delta():
+    scenes = [tiny_scene(2)]
+    rows = ev.refocus_rows(scenes, {"identity": (lambda sc, i, d: sc.stack[i], list(ev.DELTA_CONFIGS))}, "tiny")
+    by_config = {r.deltas: r for r in rows}
+    sc = scenes[0]
+    four = [peak_signal_noise_ratio(sc.stack[i + d], sc.stack[i], data_range=1)
+            for d in (-9, -5, 5, 9) for i in range(10) if 0 <= i + d <= 9]  # fmt: skip
+    assert by_config["{-9,-5,+5,+9}"].items == 12 == len(four)
+    assert by_config["{-9,-5,+5,+9}"].psnr == pytest.approx(np.mean(four), abs=1e-9)
+    assert by_config["+8"].items == 2
+    # δ = 0 pairs are perfect (infinite PSNR) and are left out of the mean rather than making it infinite
+    assert np.isfinite(by_config["-9..+9"].psnr)
+
+
+def test_psnr_handles_masks_and_identical_images():
+    a = np.zeros((4, 4, 3), np.float32)
+    b = a.copy()
+    b[0, 0] = 0.1
+    assert ev.psnr(a, a) == float("inf")
+    assert ev.psnr(a, b) == pytest.approx(10 * np.log10(1 / (0.01 * 3 / 48)))
+    mask = np.zeros((4, 4), bool)
+    assert np.isnan(ev.psnr(a, b, mask))
+    mask[0, 0] = True
+    assert ev.psnr(a, b, mask) == pytest.approx(20.0)
+
+
+def test_models_run_with_the_right_channels():
+    g1 = Generator(deblur_config(ngf=4, n_blocks=1))
+    g2 = Generator(refocus_config(ngf=4, n_blocks=1))
+    img = np.random.default_rng(0).random((22, 30, 3)).astype(np.float32)
+    assert ev.run_deblur(g1, img).shape == img.shape
+    assert ev.run_refocus(g2, img, 5.0, img).shape == img.shape
+    assert ev.model_delta_configs(g2) == list(ev.DELTA_CONFIGS)
+    four = Generator(refocus_config(deltas=(-9, -5, 5, 9), mode="onehot", ngf=4, n_blocks=1))
+    assert ev.model_delta_configs(four) == ["{-9,-5,+5,+9}"]
+
+
+def test_cli_writes_tables_and_notes_missing_hci(tmp_path):
+    out = tmp_path / "eval"
+    code = ev.main(["--synthetic", "1", "--scene-size", "48", "--cache-dir", str(tmp_path / "cache"),
+                    "--hci", str(tmp_path / "no_hci"), "--out", str(out), "--no-reference"])  # fmt: skip
+    assert code == 0
+    text = (out / "tables.md").read_text()
+    assert "Table 1 (deblur)" in text and "Table 2 (refocus)" in text and "HCI scene not found" in text
+    with open(out / "deblur.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["method"].startswith("identity") and float(rows[0]["gain_db"]) == 0
+    assert int(rows[0]["items"]) == 10
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_HCI.exists(), reason="../shared/data/hci_antinous is absent")
+def test_hci_disparity_is_in_the_stack_slope_convention():
+    """HCI's disparity sign is opposite to ours: after the flip, the half-resolution scene's pixels peak
+    (by SML) near their ground-truth slope."""
+    from napari_refocusgan.core.focus import SMLParams, sml_torch
+    import torch
+
+    scene = ev.hci_scene(SHARED_HCI, "half")
+    assert scene.stack.shape == (10, 256, 256, 3)
+    assert -1.6 < float(np.percentile(scene.disparity, 1)) and float(np.percentile(scene.disparity, 99)) < 1.7
+    m = sml_torch(torch.from_numpy(scene.stack).permute(0, 3, 1, 2), SMLParams())[:, 0].numpy()
+    peak = scene.slopes[m.argmax(0)]
+    inside = (scene.disparity > scene.slopes[1]) & (scene.disparity < scene.slopes[-2]) & (m.max(0) > 0.01)
+    assert inside.sum() > 1000
+    assert np.median(np.abs(peak[inside] - scene.disparity[inside])) < 2 * scene.step

@@ -1,0 +1,347 @@
+"""The training framework: losses, the loop, checkpoints and resume, signals, DDP, export and the CLI.
+
+Tiny networks (the ``smoke`` config) on a small deterministic in-memory dataset, all on the CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # training/ is not installed with the plugin
+    sys.path.insert(0, str(REPO))
+
+from napari_refocusgan.core.errors import RefocusError  # noqa: E402
+from training import train as train_mod  # noqa: E402
+from training.__main__ import main as cli_main  # noqa: E402
+from training.configs import get_config  # noqa: E402
+from training.losses import (  # noqa: E402
+    ContentLoss,
+    PatchCritic,
+    VGG19Conv33,
+    critic_loss,
+    load_vgg19_conv33,
+)
+from training.train import lr_factor, load_checkpoint, save_checkpoint, train  # noqa: E402
+
+FAKE_DATASET = '''
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+
+class PairDataset(Dataset):
+    """Blurred → sharp pairs, deterministic per index: input = 5×5 box blur of a random image (+ extra
+    channels: a focus-like map for G1, the sharp image for G2)."""
+
+    def __init__(self, task, n=4, size=32, channels=4):
+        self.task, self.n, self.size, self.channels = task, n, size, channels
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(1234 + i)
+        sharp = torch.rand(1, 3, self.size // 4, self.size // 4, generator=g)
+        sharp = F.interpolate(sharp, size=(self.size, self.size), mode="nearest")[0] * 2 - 1
+        blurred = F.avg_pool2d(sharp[None], 5, 1, 2, count_include_pad=False)[0]
+        extra = sharp if self.channels == 6 else (sharp - blurred).abs().mean(0, keepdim=True) * 2 - 1
+        item = {"input": torch.cat([blurred, extra][: 1 if self.channels == 3 else 2]), "target": sharp}
+        if self.task == "refocus":
+            item["delta"] = torch.tensor(float(i % 19 - 9))
+        return item
+'''
+_namespace: dict = {}
+exec(FAKE_DATASET, _namespace)
+PairDataset = _namespace["PairDataset"]
+
+
+def smoke(task: str = "deblur", **overrides):
+    return get_config("smoke", task, **overrides)
+
+
+def datasets(task: str = "deblur", n: int = 4):
+    channels = 4 if task == "deblur" else 6
+    return {"dataset": PairDataset(task, n=n, channels=channels), "val_dataset": PairDataset(task, n=2, channels=channels)}
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def test_patch_critic_matches_deblurgan_layout():
+    critic = PatchCritic(7, ndf=8, n_layers=3)
+    convs = [m for m in critic.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == [
+        (7, 8, 2), (8, 16, 2), (16, 32, 2), (32, 64, 1), (64, 1, 1)
+    ]  # fmt: skip
+    assert all(c.kernel_size == (4, 4) and c.padding == (2, 2) for c in convs)
+    # 4×4 kernels with padding 2: 32 → 17 → 9 → 5 at stride 2, then 6 → 7 at stride 1
+    assert critic(torch.zeros(2, 7, 32, 32)).shape == (2, 1, 7, 7)
+    norms = [type(m).__name__ for m in critic.model]
+    assert norms[1] == "LeakyReLU" and norms.count("InstanceNorm") == 3  # not after the first conv
+
+
+def test_gradient_penalty_of_a_linear_critic_is_known():
+    # D(z) = Σ w·z: its gradient w.r.t. the image is the image part of w, so GP = (‖w_img‖ − 1)²
+    torch.manual_seed(0)
+    w = torch.randn(1, 5, 4, 4)
+
+    def linear_critic(z):
+        return (z * w).sum(dim=(1, 2, 3), keepdim=True)
+
+    cond, real, fake = torch.randn(2, 2, 4, 4), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    loss, stats = critic_loss(linear_critic, cond, real, fake, gp_weight=10.0)
+    expected_gp = (w[:, 2:].norm() - 1) ** 2
+    d_real = linear_critic(torch.cat([cond, real], 1)).mean()
+    d_fake = linear_critic(torch.cat([cond, fake], 1)).mean()
+    assert stats["gp"] == pytest.approx(float(expected_gp), rel=1e-5)
+    assert float(loss) == pytest.approx(float(d_fake - d_real + 10 * expected_gp), rel=1e-5)
+
+
+def test_vgg19_layers_use_torchvision_names_and_load_from_a_given_file(tmp_path):
+    net = VGG19Conv33()
+    names = sorted(net.features.state_dict())
+    assert names == sorted(f"{i}.{p}" for i in (0, 2, 5, 7, 10, 12, 14) for p in ("weight", "bias"))
+    assert isinstance(net.features[14], torch.nn.Conv2d)  # conv3_3, no ReLU after it
+    torch.manual_seed(1)
+    state = {f"features.{k}": torch.randn_like(v) for k, v in net.features.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # torchvision's file has more than the features
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    loaded = load_vgg19_conv33(path)
+    assert torch.equal(loaded.features[14].weight, state["features.14.weight"])
+    assert not any(p.requires_grad for p in loaded.parameters())
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    manual = F.conv2d(((x + 1) / 2 - loaded.mean) / loaded.std, state["features.0.weight"], state["features.0.bias"], padding=1)
+    assert torch.allclose(loaded.features[0](((x + 1) / 2 - loaded.mean) / loaded.std), manual, atol=1e-6)
+    loss = ContentLoss("vgg19", path)
+    assert loss.describe()["perceptual"] == "vgg19" and float(loss(x, x)) == 0.0
+
+
+def test_missing_vgg_weights_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(RefocusError, match=r"--vgg-weights.*--perceptual"):
+        ContentLoss("vgg19")
+    bad = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, bad)
+    with pytest.raises(RefocusError, match="not a VGG19 checkpoint"):
+        load_vgg19_conv33(bad)
+
+
+def test_lr_is_constant_then_decays_linearly_to_zero():
+    assert [lr_factor(s, 10) for s in range(11)] == pytest.approx([1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2, 0])
+
+
+def test_configs_resolve_and_reject_bad_values():
+    paper = get_config("paper", "refocus")
+    assert (paper.ngf, paper.n_blocks, paper.batch_size, paper.crop, paper.critic_steps) == (64, 9, 1, 256, 5)
+    assert paper.epochs == 60 and get_config("paper", "deblur").epochs == 30 and paper.perceptual == "vgg19"
+    g1 = get_config("cpu", "deblur", no_sml=True).generator_config()
+    assert g1.in_channels == 3 and not g1.focus_gate
+    g2 = get_config("cpu", "refocus", refocus_deltas="4", single_stage=True).generator_config()
+    assert g2.in_channels == 3 and g2.delta_mode == "onehot" and g2.deltas == (-9.0, -5.0, 5.0, 9.0)
+    with pytest.raises(RefocusError, match="unknown config"):
+        get_config("huge", "deblur")
+    with pytest.raises(RefocusError, match="multiple of 4"):
+        get_config("smoke", "deblur", crop=30)
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+
+def test_content_loss_decreases_when_overfitting_one_batch(tmp_path):
+    cfg = smoke(steps=40, lr=1e-3, val_size=0, log_every=40, ckpt_every=40)
+    result = train(cfg, tmp_path / "run", progress=False, **datasets(n=1))
+    content = [row["loss_content"] for row in result.history]
+    assert len(content) == 40
+    first, last = sum(content[:5]) / 5, sum(content[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+
+
+def _log(run: Path) -> list[dict]:
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(("task", "fast"), [("deblur", False), ("refocus", True)])
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, task, fast):
+    # fast: the cpu config's speed-ups (bf16 autocast, channels_last) must keep resume exact too
+    cfg = smoke(task, steps=6, critic_steps=2, ckpt_every=100, bf16=fast, channels_last=fast)
+    full = train(cfg, tmp_path / "full", progress=False, **datasets(task))
+    part = train(cfg, tmp_path / "part", progress=False, stop_after=3, **datasets(task))
+    assert part.stopped_early and part.step == 3 and load_checkpoint(part.checkpoint)["step"] == 3
+    rest = train(cfg, tmp_path / "part", resume=True, progress=False, **datasets(task))
+    assert rest.step == 6 and not rest.stopped_early
+    for key in ("loss_g", "loss_d", "loss_content", "lr"):
+        assert [r[key] for r in rest.history] == pytest.approx([r[key] for r in full.history[3:]], abs=1e-6), key
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(rest.checkpoint)
+    for name, tensor in a["generator"].items():
+        assert torch.allclose(tensor, b["generator"][name], atol=1e-6), name
+    # the resumed log holds each step once, validation included
+    assert [int(r["step"]) for r in _log(tmp_path / "part")] == list(range(1, 7))
+    assert [r["val_psnr"] for r in _log(tmp_path / "part")] == [r["val_psnr"] for r in _log(tmp_path / "full")]
+
+
+def test_starting_over_an_existing_run_needs_resume(tmp_path):
+    cfg = smoke(steps=1)
+    train(cfg, tmp_path / "run", progress=False, **datasets())
+    with pytest.raises(RefocusError, match="--resume"):
+        train(cfg, tmp_path / "run", progress=False, **datasets())
+
+
+def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = smoke(steps=4)
+    result = train(cfg, tmp_path / "run", progress=False, stop_after=2, **datasets())
+    before = load_checkpoint(result.checkpoint)
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(train_mod.torch, "save", dying_save)
+    with pytest.raises(OSError, match="killed"):
+        save_checkpoint({"format": 1, "step": 99}, result.checkpoint)
+    after = load_checkpoint(result.checkpoint)
+    assert after["step"] == before["step"] == 2
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pt", "log.csv"]  # no temp left
+
+
+def test_sigint_saves_a_checkpoint_and_stops_at_the_step_boundary(tmp_path):
+    class SignalAt(PairDataset):
+        calls = 0
+
+        def __getitem__(self, i):
+            SignalAt.calls += 1
+            if SignalAt.calls == 3:  # during step 3
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().__getitem__(i)
+
+    handler = signal.getsignal(signal.SIGINT)
+    result = train(smoke(steps=10, ckpt_every=100), tmp_path / "run", progress=False,
+                   dataset=SignalAt("deblur"), val_dataset=None)  # fmt: skip
+    assert result.stopped_early and result.step == 3
+    assert load_checkpoint(result.checkpoint)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+
+def test_ddp_with_two_gloo_processes(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(FAKE_DATASET + textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        import torch.distributed as dist
+        from training.configs import get_config
+        from training.train import train
+
+        cfg = get_config("smoke", "refocus", steps=3, batch_size=1, threads=1)
+        result = train(cfg, {str(tmp_path / "run")!r}, progress=False, dataset=PairDataset("refocus", n=4, channels=6),
+                       val_dataset=PairDataset("refocus", n=2, channels=6))
+        with open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.txt", "w") as f:
+            f.write(f"{{dist.get_world_size()}} {{result.step}}")
+        dist.destroy_process_group()
+    '''))  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["2 3", "2 3"]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 3 and len(ckpt["rng"]) == 2
+    # the model card counts the effective batch: one item per process
+    assert ckpt["metadata"]["batch_size"] == "2"
+
+
+# ------------------------------------------------------------------------------------- export / CLI
+
+
+def test_export_then_plugin_load_gives_identical_outputs(tmp_path):
+    from napari_refocusgan.core.weights import list_models, load_generator
+    from training.export import export_checkpoint
+    from training.train import generator_from_checkpoint
+
+    result = train(smoke("refocus", steps=2), tmp_path / "run", progress=False, **datasets("refocus"))
+    registry = tmp_path / "registry.json"
+    out = export_checkpoint(result.checkpoint, tmp_path / "g2.safetensors", name="smoke-g2", registry=True,
+                            registry_path=registry)  # fmt: skip
+    loaded = load_generator(out, role="refocus")
+    original = generator_from_checkpoint(load_checkpoint(result.checkpoint))
+    x = torch.rand(1, 6, 32, 32) * 2 - 1
+    with torch.no_grad():
+        for delta in (-9.0, 3.0, 8.5):
+            d = torch.tensor([delta])
+            assert torch.equal(loaded.generator(x, d), original(x, d))
+    assert loaded.metadata["perceptual"] == "l1" and loaded.metadata["steps"] == "2"
+    (entry,) = list_models(registry)
+    assert (entry.name, entry.role, entry.default) == ("smoke-g2", "refocus", True)
+    assert entry.training["train_config"] == "smoke" and entry.path == out.resolve()
+
+
+def test_cli_export_of_a_deblur_run(tmp_path, capsys):
+    from napari_refocusgan.core.weights import load_generator
+
+    train(smoke(steps=1), tmp_path / "run", progress=False, **datasets())
+    out = tmp_path / "g1.safetensors"
+    assert cli_main(["export", str(tmp_path / "run"), "-o", str(out)]) == 0
+    model = load_generator(out, role="deblur")
+    assert model.config.in_channels == 4 and model.metadata["sml_channel"] == "true"
+    assert cli_main(["export", str(tmp_path / "nothing.pt"), "-o", str(out)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_cli_reports_a_missing_or_empty_data_path_without_traceback(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for data, message in ((tmp_path / "missing", "does not exist"), (empty, "empty")):
+        code = cli_main(["train", "deblur", "--config", "smoke", "--data", str(data), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "error:" in err and message in err and str(data) in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_cli_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
+    code = cli_main(["train", "deblur", "--config", "smoke", "--out", str(tmp_path / "none"), "--resume"])
+    assert code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+def test_resume_is_exact_with_the_real_data_pipeline(tmp_path):
+    # the synthetic-scene dataset keeps its own sampling state; the checkpoint must carry it
+    pytest.importorskip("training.data")
+    cfg = smoke("deblur", steps=4, train_scenes=1, val_scenes=1, val_every=4, ckpt_every=100,
+                cache_dir=str(tmp_path / "cache"), cache_workers=1)  # fmt: skip
+    full = train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "part", progress=False, stop_after=2)
+    rest = train(cfg, tmp_path / "part", resume=True, progress=False)
+    assert [r["loss_g"] for r in rest.history] == pytest.approx([r["loss_g"] for r in full.history[2:]], abs=1e-6)
+
+
+def test_cli_hands_evaluate_its_own_arguments(capsys):
+    pytest.importorskip("training.evaluate")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["evaluate", "--help"])
+    assert exit_info.value.code == 0
+    assert "python -m training evaluate" in capsys.readouterr().out
+
+
+def test_cli_trains_then_resumes_with_more_steps(tmp_path):
+    pytest.importorskip("training.data")
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    common = ["--config", "smoke", "--out", str(run), "--cache-dir", str(cache), "--train-scenes", "1", "--no-progress"]
+    assert cli_main(["train", "deblur", *common, "--steps", "2"]) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+    assert cli_main(["train", "deblur", *common, "--steps", "3", "--resume"]) == 0
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["step"], ckpt["total_steps"], ckpt["config"]["train_scenes"]) == (3, 3, 1)
+    assert [int(r["step"]) for r in _log(run)] == [1, 2, 3]

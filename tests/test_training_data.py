@@ -1,0 +1,185 @@
+"""The training data pipeline: shapes, ranges, splits, refocus targets and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from napari_refocusgan.core.errors import RefocusError
+from napari_refocusgan.core.focalstack import StackConfig, focal_stack, shift_and_sum
+from training import data
+from training.data import build_dataset
+
+SIZE, CROP = 48, 32
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("scene_cache")
+
+
+def make_config(cache: Path, **overrides):
+    base = dict(
+        crop=CROP, scene_size=SIZE, train_scenes=2, val_scenes=1, test_scenes=1, refocus_deltas="19",
+        cache_dir=str(cache), cache_workers=1,
+    )  # fmt: skip
+    base.update(overrides)
+    return SimpleNamespace(**base)
+
+
+@pytest.mark.parametrize(
+    ("task", "overrides", "channels"),
+    [
+        ("deblur", {}, 4),
+        ("deblur", {"no_sml": True}, 3),
+        ("refocus", {}, 6),
+        ("refocus", {"single_stage": True}, 3),
+        ("refocus", {"refocus_deltas": "continuous"}, 6),
+    ],
+)
+def test_items_have_the_documented_shapes_and_ranges(cache, task, overrides, channels):
+    ds = build_dataset(task, split="train", config=make_config(cache, **overrides))
+    assert len(ds) > 0
+    for index in (0, len(ds) - 1):
+        item = ds[index]
+        assert item["input"].shape == (channels, CROP, CROP)
+        assert item["target"].shape == (3, CROP, CROP)
+        for key in ("input", "target"):
+            assert item[key].dtype == torch.float32
+            assert -1.0 <= float(item[key].min()) and float(item[key].max()) <= 1.0
+        if task == "refocus":
+            assert item["delta"].shape == () and abs(float(item["delta"])) <= 9
+        else:
+            assert "delta" not in item
+
+
+def test_dataset_lengths_follow_the_paper_configurations(cache):
+    deblur = build_dataset("deblur", split="train", config=make_config(cache))
+    assert len(deblur) == 2 * 10  # every slice of every scene
+    four = build_dataset("refocus", split="train", config=make_config(cache, refocus_deltas="4"))
+    assert len(four) == 2 * 12  # the paper: 12 pairs per stack for {−9, −5, +5, +9}
+    eight = build_dataset("refocus", split="train", config=make_config(cache, refocus_deltas="8"))
+    assert len(eight) == 2 * 2
+
+
+def test_split_seeds_are_disjoint_and_deterministic():
+    train, val, test = (data.split_seeds(s, 50) for s in ("train", "val", "test"))
+    assert train == list(range(50))
+    assert train == data.split_seeds("train", 50)
+    assert not (set(train) & set(val)) and not (set(train) & set(test)) and not (set(val) & set(test))
+    with pytest.raises(RefocusError, match="split"):
+        data.split_seeds("holdout", 3)
+
+
+def test_scene_rendering_is_deterministic_and_matches_the_paper_stack():
+    a = data.render_training_scene(7, SIZE)
+    b = data.render_training_scene(7, SIZE)
+    np.testing.assert_array_equal(a["stack"], b["stack"])
+    assert a["stack"].shape == (10, SIZE, SIZE, 3)
+    stack, _, _ = focal_stack(a["views"], StackConfig())
+    np.testing.assert_allclose(a["stack"], stack, atol=1e-6)
+    c = data.render_training_scene(8, SIZE)
+    assert not np.allclose(a["centre"], c["centre"])
+
+
+def _cached_scene(cache: Path, seed: int) -> data.CachedScene:
+    return data.CachedScene(cache / data.synthetic_key(seed, SIZE))
+
+
+def test_refocus_targets_are_slice_i_plus_delta(cache):
+    ds = build_dataset("refocus", split="val", config=make_config(cache, refocus_deltas="4", jpeg_prob=0.0))
+    seed = data.split_seeds("val", 1)[0]
+    scene = data.render_training_scene(seed, SIZE)  # independent of the cache
+    stack, _, _ = focal_stack(scene["views"], StackConfig())
+    o = (SIZE - CROP) // 2  # val items are centre crops, no flips
+    for k, (i, delta) in enumerate(ds.pairs):
+        item = ds[k]
+        j = int(i + delta)
+        assert 0 <= j <= 9
+        expected_target = stack[j, o : o + CROP, o : o + CROP]
+        got = item["target"].permute(1, 2, 0).numpy() * 0.5 + 0.5
+        np.testing.assert_allclose(got, expected_target, atol=2e-3)  # float16 cache
+        assert float(item["delta"]) == delta
+        # the radiance channels are the centre view (true radiance)
+        radiance = item["input"][3:].permute(1, 2, 0).numpy() * 0.5 + 0.5
+        np.testing.assert_allclose(radiance, scene["centre"][o : o + CROP, o : o + CROP], atol=2e-3)
+
+
+def test_continuous_targets_equal_the_full_slice_at_the_fractional_slope(cache):
+    build_dataset("refocus", split="train", config=make_config(cache))  # ensures the cache exists
+    views = np.asarray(_cached_scene(cache, 0).get("views"), dtype=np.float32)
+    slope = float(StackConfig().slopes()[2] + 3.4 * StackConfig().slope_step)
+    full = shift_and_sum(views, [slope])[0].numpy()
+    for window in ((0, CROP, 0, CROP), (5, 5 + CROP, 11, 11 + CROP), (SIZE - CROP, SIZE, SIZE - CROP, SIZE)):
+        y0, y1, x0, x1 = window
+        np.testing.assert_allclose(data.render_slice(views, slope, window), full[y0:y1, x0:x1], atol=1e-5)
+
+
+def test_deblur_targets_are_the_centre_view_and_inputs_carry_the_focus_channel(cache, monkeypatch):
+    monkeypatch.setattr(data.CachedScene, "noise", property(lambda self: 0.0))  # a noiseless input
+    ds = build_dataset("deblur", split="val", config=make_config(cache, jpeg_prob=0.0))
+    seed = data.split_seeds("val", 1)[0]
+    scene = _cached_scene(cache, seed)
+    o = (SIZE - CROP) // 2
+    item = ds[3]
+    np.testing.assert_allclose(item["target"].permute(1, 2, 0).numpy() * 0.5 + 0.5, scene.centre[o : o + CROP, o : o + CROP], atol=1e-6)
+    # focus channel computed on the whole slice, then cropped (what inference does on a whole image)
+    full_focus = data.focus_map(scene.slice(3))[..., 0]
+    np.testing.assert_allclose(item["input"][3].numpy(), full_focus[o : o + CROP, o : o + CROP], atol=1e-5)
+
+
+def test_jpeg_degrades_only_the_input():
+    rng = np.random.default_rng(0)
+    img = rng.random((32, 32, 3)).astype(np.float32)
+    before = img.copy()
+    out = data.degrade_input(img, rng, 0.0, data.Augment(jpeg_prob=1.0, noise_prob=0.0))
+    np.testing.assert_array_equal(img, before)  # caller's array untouched
+    assert out.shape == img.shape and 0 < np.abs(out - img).mean() < 0.2
+
+
+def test_missing_and_empty_data_paths_give_clear_errors(cache, tmp_path):
+    with pytest.raises(RefocusError, match="does not exist"):
+        build_dataset("deblur", split="train", config=make_config(cache), data_paths=[str(tmp_path / "nope")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RefocusError, match="holds no light fields"):
+        build_dataset("deblur", split="train", config=make_config(cache), data_paths=[str(empty)])
+    with pytest.raises(RefocusError, match="no train scenes"):
+        build_dataset("deblur", split="train", config=make_config(cache, train_scenes=0))
+    with pytest.raises(RefocusError, match="unknown task"):
+        build_dataset("denoise", split="train", config=make_config(cache))
+    with pytest.raises(RefocusError, match="crop"):
+        build_dataset("deblur", split="train", config=make_config(cache, crop=SIZE + 4))
+
+
+def test_file_split_is_stable_and_keeps_hci_out_of_training():
+    names = [Path(f"/data/flowers/IMG_{i:04d}_eslf.png") for i in range(400)]
+    splits = [data.file_split(p) for p in names]
+    assert splits == [data.file_split(p) for p in names]
+    share = splits.count("train") / len(splits)
+    assert 0.6 < share < 0.8 and splits.count("test") > 60
+    assert data.file_split(Path("/work/shared/data/hci_antinous")) == "test"
+
+
+def test_view_folder_light_fields_split_and_cache(cache, tmp_path):
+    """An HCI-like folder of 9×9 views is read, cached as a paper stack, and lands in the test split."""
+    import imageio.v3 as iio
+
+    from napari_refocusgan.core.synthetic import render_scene
+
+    folder = tmp_path / "hci_antinous"
+    folder.mkdir()
+    views = render_scene(3, (SIZE, SIZE), grid=9, n_layers=2).views
+    for k, v in enumerate(views.reshape(81, SIZE, SIZE, 3)):
+        iio.imwrite(folder / f"input_Cam{k:03d}.png", np.rint(v * 255).astype(np.uint8))
+    cfg = make_config(cache, train_scenes=1, test_scenes=0)
+    train = build_dataset("deblur", split="train", config=cfg, data_paths=[str(folder)])
+    assert len(train) == 10  # the synthetic scene only
+    test = build_dataset("deblur", split="test", config=cfg, data_paths=[str(folder)])
+    assert len(test) == 10
+    stack, _, _ = focal_stack(data.read_hci_views(folder), StackConfig())
+    np.testing.assert_allclose(test.scenes[0].slice(4), stack[4], atol=2e-3)

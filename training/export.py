@@ -1,0 +1,42 @@
+"""Checkpoint → the plugin's weight file (safetensors with a model card), optionally registered."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from napari_refocusgan.core import weights
+from napari_refocusgan.core.errors import RefocusError
+
+from .train import CHECKPOINT_NAME, generator_from_checkpoint, load_checkpoint
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    weights_path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    registry: bool = False,
+    registry_path: str | os.PathLike | None = None,
+) -> Path:
+    """Write the generator of ``checkpoint`` (a run's ``last.pt`` or the run folder) to ``weights_path``
+    with :func:`napari_refocusgan.core.weights.save_generator`, the training metadata being its model
+    card. With ``registry``, add or update its entry (as the default of its role) in the plugin's
+    registry (or ``registry_path``) under ``name`` (default: the file's stem)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / CHECKPOINT_NAME
+    ckpt = load_checkpoint(checkpoint)
+    model = generator_from_checkpoint(ckpt)
+    role = ckpt["config"]["task"]
+    card = dict(ckpt["metadata"])
+    card.update(steps=str(ckpt["step"]), total_steps=str(ckpt["total_steps"]))
+    if name:
+        card["name"] = name
+    out = Path(weights_path)
+    if not out.parent.is_dir():
+        raise RefocusError(f"cannot write {out}: folder {out.parent} does not exist")
+    weights.save_generator(model, out, role, card)
+    if registry:
+        weights.register_weights(out, name=name or out.stem, role=role, metadata=card, registry=registry_path)
+    return out
