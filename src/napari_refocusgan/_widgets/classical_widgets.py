@@ -1,0 +1,245 @@
+"""The non-learning tools: "Classical sharpening" (single-image baselines and blur-and-compare) and
+"Focus stacking" (focal stack → all-in-focus + depth index). Thin adapters over core.classical,
+core.blur_compare and core.focus_stacking."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, Select, SpinBox, Widget
+
+from ..core.blur_compare import DEFAULT_PATCH, KERNELS, blur_and_compare
+from ..core.classical import CLASSICAL_METHODS, SHARPEN_SIZES, apply_classical
+from ..core.errors import RefocusError
+from ..core.focalstack import CancelFn, ProgressFn
+from ..core.focus import FOCUS_MEASURES
+from ..core.focus_stacking import DEFAULT_BLEND_SIGMA, DEFAULT_MEASURES, DEFAULT_WINDOW, all_in_focus
+from ..core.imaging import as_rgb
+from .layer_io import (
+    chosen_layer,
+    follow_layer_list,
+    image_layer_combo,
+    is_stack,
+    layer_data_copy,
+    show_image,
+    single_image,
+    spatial_placement,
+)
+from .workers import TaskRunner
+
+BLUR_AND_COMPARE = "blur-and-compare"
+# Single-image methods offered (identity is an evaluation baseline, not a tool), then blur-and-compare.
+METHODS = [m for m in CLASSICAL_METHODS if m != "identity"] + [BLUR_AND_COMPARE]
+
+_TOOLTIPS = {
+    "size": "sharpening kernel side (3, 5 or 7)",
+    "amount": "gain on detail (1 = double the local contrast of fine detail)",
+    "radius": "Gaussian radius of the unsharp mask in pixels",
+    "clip_limit": "CLAHE clip limit, OpenCV convention (2–4 typical; larger = more contrast)",
+    "tile_size": "CLAHE contextual region side in pixels; 0 = 1/8 of the image side",
+    "strong": "unsharp amount where the SML focus map says the image is blurred",
+    "weak": "unsharp amount where the image is already sharp",
+    "kernel": "blur model: disk (defocused lens) or Gaussian",
+    "patch": "odd side of the window compared between blurred radiance and input",
+    "sigma_max": "σ_max of σ' = σ_max − σ in pixels; 0 = automatic (99th percentile of σ)",
+}
+
+
+def _parameter_widget(name: str, default: Any) -> Widget:
+    tooltip = _TOOLTIPS.get(name, "")
+    if name == "size":
+        return ComboBox(name=name, label=name, choices=list(SHARPEN_SIZES), value=default, tooltip=tooltip)
+    if name == "tile_size":
+        return SpinBox(name=name, label="tile size", value=default or 0, min=0, max=4096, tooltip=tooltip)
+    if name == "kernel":
+        return ComboBox(name=name, label=name, choices=list(KERNELS), value=default, tooltip=tooltip)
+    if name == "patch":
+        return SpinBox(name=name, label=name, value=default, min=1, max=99, step=2, tooltip=tooltip)
+    return FloatSpinBox(name=name, label=name.replace("_", " "), value=float(default or 0.0), min=0.0, max=1000.0,
+                        step=0.1, tooltip=tooltip)  # fmt: skip
+
+
+def _method_parameters(method: str) -> Container:
+    """One widget per tunable parameter of ``method``, with the core function's defaults."""
+    if method == BLUR_AND_COMPARE:
+        widgets = [
+            _parameter_widget("kernel", "disk"),
+            _parameter_widget("patch", DEFAULT_PATCH),
+            _parameter_widget("sigma_max", 0.0),
+        ]
+    else:
+        signature = inspect.signature(CLASSICAL_METHODS[method])
+        widgets = [
+            _parameter_widget(p.name, p.default)
+            for p in list(signature.parameters.values())[1:]
+            if p.kind is p.POSITIONAL_OR_KEYWORD and isinstance(p.default, (int, float, type(None)))
+        ]
+    # names must be identifiers; the label is what the user sees next to the parameters
+    box = Container(widgets=widgets, name=method.replace("+", "_").replace("-", "_"), label="parameters")
+    box.margins = (0, 0, 0, 0)
+    return box
+
+
+def _parameter_values(box: Container) -> dict[str, Any]:
+    values = {w.name: w.value for w in box}
+    if values.get("tile_size") == 0:
+        values["tile_size"] = None  # automatic
+    if values.get("sigma_max") == 0:
+        values["sigma_max"] = None
+    return values
+
+
+def run_classical(data: np.ndarray, method: str, params: dict[str, Any]) -> np.ndarray:
+    """A core classical method on any single image layer's data: gray, RGB or RGBA, any dtype.
+
+    The core works on float gray/RGB; alpha is put back and the caller's dtype restored.
+    """
+    image = as_rgb(data, name="image")
+    src = image.rgb[..., 0] if image.was_gray else image.rgb
+    out = apply_classical(src, method, **params)
+    return image.restore(out[..., None] if image.was_gray else out)
+
+
+class ClassicalWidget(Container):
+    """Classical baselines on one image: sharpen, unsharp, CLAHE, CLAHE + sharpen, region-wise sharpening,
+    and blur-and-compare with a radiance layer (which also outputs the σ defocus map)."""
+
+    def __init__(self, napari_viewer):
+        self._viewer = napari_viewer
+        self._image = image_layer_combo(napari_viewer, label="image", tooltip="one gray or colour image")
+        self._method = ComboBox(label="method", choices=METHODS, value="unsharp")
+        self._radiance = image_layer_combo(
+            napari_viewer, label="radiance", tooltip="all-in-focus image of the same scene (e.g. Deblur's output)"
+        )
+        self._parameters = {m: _method_parameters(m) for m in METHODS}
+        self._run_button = PushButton(text="Apply")
+        self.runner = TaskRunner()
+        super().__init__(
+            widgets=[self._image, self._method, self._radiance, *self._parameters.values(), self._run_button, self.runner]
+        )
+        self._method.changed.connect(self._show_parameters)
+        self._run_button.changed.connect(self.run)
+        follow_layer_list(napari_viewer, self)
+        self._show_parameters()
+
+    @property
+    def parameters(self) -> Container:
+        """The parameter widgets of the selected method."""
+        return self._parameters[self._method.value]
+
+    def _show_parameters(self, *_) -> None:
+        for method, box in self._parameters.items():
+            box.visible = method == self._method.value
+        self._radiance.visible = self._method.value == BLUR_AND_COMPARE
+
+    def run(self, *_) -> None:
+        method = self._method.value
+        description = f"Classical ({method})"
+        try:
+            layer = chosen_layer(self._image, "an image layer")
+            data = single_image(layer, layer_data_copy(layer), what=description)
+            radiance = None
+            if method == BLUR_AND_COMPARE:
+                radiance_layer = chosen_layer(self._radiance, "a radiance layer (the all-in-focus image)")
+                radiance = single_image(radiance_layer, layer_data_copy(radiance_layer), what="blur-and-compare")
+        except Exception as exc:
+            self.runner.fail(exc, description=description)
+            return
+        params = _parameter_values(self.parameters)
+        rgb = bool(layer.rgb)
+        placement = spatial_placement(layer, 2)
+        source = layer.name  # names are fixed when the run starts, whatever happens to the layer meanwhile
+        base = {"source": source, "method": method, "parameters": dict(params)}
+
+        if method == BLUR_AND_COMPARE:
+            base["radiance"] = radiance_layer.name
+
+            def task(progress: ProgressFn, cancel: CancelFn):
+                return blur_and_compare(data, radiance, **params, progress=progress, cancel=cancel)
+
+            def show(result) -> None:
+                out_rgb = result.refocused.ndim == 3
+                metadata = {**base, "sigma_max_used": result.sigma_max}
+                show_image(self._viewer, result.refocused, name=f"{source} {method}", metadata=metadata,
+                           rgb=out_rgb, contrast_limits=(0.0, 1.0), **placement)  # fmt: skip
+                show_image(self._viewer, result.sigma, name=f"{source} σ defocus map",
+                           metadata={**metadata, "units": "px (blur radius of the input)"}, colormap="magma",
+                           **placement)  # fmt: skip
+
+        else:
+
+            def task(progress: ProgressFn, cancel: CancelFn):
+                progress(0, 1)
+                out = run_classical(data, method, params)
+                progress(1, 1)
+                return out
+
+            def show(out: np.ndarray) -> None:
+                limits = {"contrast_limits": (0.0, 1.0)} if out.dtype.kind == "f" else {}
+                show_image(self._viewer, out, name=f"{source} {method}", metadata=base, rgb=rgb,
+                           **limits, **placement)  # fmt: skip
+
+        self.runner.run(task, show, description=description)
+
+
+class FocusStackingWidget(Container):
+    """Full-stack focus stacking: focal stack layer in → ``"<stack> all-in-focus"`` and
+    ``"<stack> depth index"`` (0-based sharpest slice, fractional) out."""
+
+    def __init__(self, napari_viewer):
+        self._viewer = napari_viewer
+        self._stack = image_layer_combo(
+            napari_viewer, label="focal stack", tooltip="(slices, H, W) gray or (slices, H, W, 3) colour",
+            prefer=is_stack,
+        )
+        self._measures = Select(
+            label="focus measures", choices=list(FOCUS_MEASURES), value=list(DEFAULT_MEASURES),
+            tooltip="composite focus measure: the mean of these, each normalised per pixel across slices",
+        )  # fmt: skip
+        self._window = SpinBox(label="window", value=DEFAULT_WINDOW, min=1, max=99, step=2,
+                               tooltip="odd window side of the focus measures")  # fmt: skip
+        self._blend = FloatSpinBox(label="blend σ (px)", value=DEFAULT_BLEND_SIGMA, min=0.0, max=50.0, step=0.5,
+                                   tooltip="smoothing of the slice-selection weights; 0 = hard per-pixel choice")  # fmt: skip
+        self._run_button = PushButton(text="Stack")
+        self.runner = TaskRunner()
+        super().__init__(
+            widgets=[self._stack, self._measures, self._window, self._blend, self._run_button, self.runner]
+        )
+        self._run_button.changed.connect(self.run)
+        follow_layer_list(napari_viewer, self)
+
+    def run(self, *_) -> None:
+        try:
+            layer = chosen_layer(self._stack, "a focal-stack layer")
+            data = layer_data_copy(layer)
+        except Exception as exc:
+            self.runner.fail(exc, description="Focus stacking")
+            return
+        rgb = bool(layer.rgb)
+        measures = list(self._measures.value)
+        window, blend = int(self._window.value), float(self._blend.value)
+        placement = spatial_placement(layer, 2)
+        source = layer.name
+        metadata = {"source": source, "measures": measures, "window": window, "blend_sigma": blend}
+        slopes = layer.metadata.get("slopes")
+        if slopes is not None:
+            metadata["slopes"] = list(slopes)  # depth index k ↔ slope slopes[k] (px per view)
+
+        def task(progress: ProgressFn, cancel: CancelFn):
+            if not measures:
+                raise RefocusError("choose at least one focus measure.")
+            return all_in_focus(
+                data, measures=measures, window=window, blend_sigma=blend, rgb=rgb, progress=progress, cancel=cancel
+            )
+
+        def show(result) -> None:
+            aif, depth = result
+            show_image(self._viewer, aif, name=f"{source} all-in-focus", metadata=metadata, rgb=rgb,
+                       contrast_limits=(0.0, 1.0), **placement)  # fmt: skip
+            show_image(self._viewer, depth, name=f"{source} depth index",
+                       metadata={**metadata, "units": "slice index (0-based)"}, colormap="viridis",
+                       contrast_limits=(0.0, max(float(data.shape[0] - 1), 1.0)), **placement)  # fmt: skip
+
+        self.runner.run(task, show, description="Focus stacking")

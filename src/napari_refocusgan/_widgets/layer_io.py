@@ -1,0 +1,142 @@
+"""Layer plumbing shared by the widgets: choosing input layers, copying their data, showing results.
+
+Results are written by name: running a widget again (or turning δ) updates the same output layer in
+place instead of piling up new ones.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container
+from napari.layers import Image
+
+from ..core.errors import RefocusError
+
+
+def image_layer_combo(
+    viewer,
+    *,
+    label: str,
+    tooltip: str,
+    optional: bool = False,
+    none_label: str = "none",
+    prefer: Callable[[Image], bool] | None = None,
+) -> ComboBox:
+    """A dropdown of the viewer's image layers, headed by a ``none_label`` entry (value None) when ``optional``.
+
+    ``prefer``: layers it accepts are listed first, so that the default choice is a sensible one.
+    """
+
+    def choices(_widget=None) -> list[tuple[str, Any]]:
+        layers = [layer for layer in viewer.layers if isinstance(layer, Image)]
+        if prefer is not None:
+            layers.sort(key=lambda layer: not prefer(layer))  # stable: layer-list order otherwise
+        return ([(none_label, None)] if optional else []) + [(layer.name, layer) for layer in layers]
+
+    # Not `nullable`: that would add magicgui's own "-----" entry next to ours.
+    return ComboBox(label=label, choices=choices, tooltip=tooltip)
+
+
+def follow_layer_list(viewer, widget: Container) -> None:
+    """Refresh ``widget``'s layer dropdowns whenever layers are added, removed, reordered or renamed.
+
+    napari does this for docked magicgui widgets; doing it here as well keeps undocked widgets (scripts,
+    tests) correct. napari's events hold the bound method weakly, and a destroyed widget disconnects.
+    """
+    events = viewer.layers.events
+    emitters = (events.inserted, events.removed, events.reordered, events.renamed)
+    for emitter in emitters:
+        emitter.connect(widget.reset_choices)
+    alive = weakref.ref(widget)
+
+    def disconnect(*_):
+        w = alive()
+        if w is not None:
+            for emitter in emitters:
+                emitter.disconnect(w.reset_choices)
+
+    widget.native.destroyed.connect(disconnect)
+
+
+def is_stack(layer: Image) -> bool:
+    """A layer with one more axis than a single image (gray (S, H, W) or colour (S, H, W, C))."""
+    return layer.ndim == 3
+
+
+def chosen_layer(combo: ComboBox, what: str) -> Image:
+    """The selected layer, or a clear error when there is none."""
+    layer = combo.value
+    if layer is None:
+        raise RefocusError(f"Choose {what} first (open an image or a sample: File ▸ Open Sample ▸ napari-refocusgan).")
+    return layer
+
+
+def layer_data_copy(layer: Image) -> np.ndarray:
+    """A private numpy copy of an image layer's data: the widgets never write into the caller's array."""
+    if layer.multiscale:
+        raise RefocusError(
+            f"Layer {layer.name!r} is a multiscale (pyramid) image; load it as a single array "
+            "(np.stack a list of slices instead of passing a list)."
+        )
+    return np.array(layer.data, copy=True)
+
+
+def single_image(layer: Image, data: np.ndarray, *, what: str) -> np.ndarray:
+    """Check that ``data`` holds one 2-D image (gray or colour), as the networks and classical tools need."""
+    spatial_ndim = 3 if layer.rgb else 2
+    if data.ndim != spatial_ndim:
+        kind = "colour image (H, W, 3|4)" if layer.rgb else "gray image (H, W)"
+        raise RefocusError(
+            f"{what} works on one 2-D image; layer {layer.name!r} has shape {data.shape}. "
+            f"Expected a {kind}; pick one slice of a stack first (e.g. Layers ▸ Split / Slice)."
+        )
+    return data
+
+
+def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:
+    """scale/translate of ``layer``'s last ``ndim`` (non-channel) axes, so results overlay their input."""
+    return {"scale": tuple(layer.scale[-ndim:]), "translate": tuple(layer.translate[-ndim:])}
+
+
+def show_image(
+    viewer,
+    data: np.ndarray,
+    *,
+    name: str,
+    metadata: dict[str, Any],
+    rgb: bool = False,
+    on_new: Callable[[Image], None] | None = None,
+    **layer_kwargs: Any,
+) -> Image:
+    """Put ``data`` into the image layer called ``name``: updated in place if it exists, added otherwise.
+
+    The layer's metadata is replaced by ``metadata`` (what made this result). An existing layer whose
+    kind does not fit (not an image, RGB vs gray, other dimensionality) is replaced at the same position.
+    """
+    view_ndim = data.ndim - (1 if rgb else 0)
+    if name in viewer.layers:
+        existing = viewer.layers[name]
+        if isinstance(existing, Image) and bool(existing.rgb) == rgb and existing.ndim == view_ndim:
+            existing.data = data
+            existing.metadata = dict(metadata)
+            for key in ("scale", "translate"):
+                if key in layer_kwargs:
+                    setattr(existing, key, layer_kwargs[key])
+            if "contrast_limits" in layer_kwargs:
+                existing.contrast_limits = layer_kwargs["contrast_limits"]
+            else:
+                existing.reset_contrast_limits()
+            return existing
+        index = viewer.layers.index(existing)
+        viewer.layers.remove(existing)
+        layer = viewer.add_image(data, name=name, metadata=dict(metadata), rgb=rgb, **layer_kwargs)
+        viewer.layers.move(viewer.layers.index(layer), index)
+    else:
+        layer = viewer.add_image(data, name=name, metadata=dict(metadata), rgb=rgb, **layer_kwargs)
+    if on_new is not None:
+        on_new(layer)
+    return layer

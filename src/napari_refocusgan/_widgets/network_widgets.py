@@ -1,0 +1,335 @@
+"""The learned tools: "Deblur (radiance)" (G1) and "Refocus" (G2), thin adapters over core.inference.
+
+Both widgets pick a device and a tile size, load weights once (the shipped default or a chosen
+``.safetensors`` file) and keep them while the file and device stay the same. The Refocus widget keeps
+the radiance it computed, so that turning δ runs G2 only and updates one output layer in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
+
+from ..core.errors import RefocusError
+from ..core.focalstack import CancelFn, ProgressFn, StackConfig
+from ..core.focus import SMLParams, sml
+from ..core.inference import available_devices, check_delta, deblur, pick_device, refocus
+from ..core.weights import LoadedModel, default_model, load_generator
+from .layer_io import (
+    chosen_layer,
+    follow_layer_list,
+    image_layer_combo,
+    layer_data_copy,
+    show_image,
+    spatial_placement,
+)
+from .workers import TaskRunner
+
+_STACK = StackConfig()
+DELTA_TOOLTIP = (
+    "δ in slices of the paper's default focal stack: one step changes the refocus slope by "
+    f"2·s_max/(S−1) = 3/29 ≈ {_STACK.slope_step:.4f} px per view. δ > 0 moves focus towards higher slice "
+    "indices (larger slope), i.e. farther on a Lytro Illum capture; δ < 0 nearer. The model's trained range "
+    "is checked when it runs."
+)
+# Widest δ that still lands inside the paper's 30-slice stack; the model's own range is checked by the core.
+DELTA_LIMIT = _STACK.slices - 1
+TILE_TOOLTIP = (
+    "side of a tile's core in pixels; 0 = automatic (whole image up to about 2 MP, else 1024-px tiles). "
+    "Lower it when the device runs out of memory; tiles share whole-image statistics, so no seams."
+)
+WEIGHTS_TOOLTIP = "a .safetensors file written by the training 'export' command; empty = the shipped weights"
+
+
+def device_combo() -> ComboBox:
+    return ComboBox(
+        label="device", choices=["auto", *available_devices()], value="auto",
+        tooltip="where the network runs; auto = CUDA, then Apple MPS, then CPU",
+    )  # fmt: skip
+
+
+def tile_spinbox() -> SpinBox:
+    return SpinBox(label="tile (px)", value=0, min=0, max=16384, step=64, tooltip=TILE_TOOLTIP)
+
+
+def weights_picker(label: str) -> FileEdit:
+    return FileEdit(label=label, mode="r", filter="*.safetensors", nullable=True, tooltip=WEIGHTS_TOOLTIP)
+
+
+class ModelSlot:
+    """Loads generator weights of one role on demand and keeps them while file and device are unchanged."""
+
+    def __init__(self, role: str, picker_label: str):
+        self.role = role
+        self.picker_label = picker_label
+        self._key: tuple | None = None
+        self._model: LoadedModel | None = None
+
+    def path_for(self, weights: Path | None) -> Path:
+        if weights is not None:
+            return Path(weights).expanduser()
+        try:
+            return default_model(self.role).path
+        except RefocusError:
+            raise RefocusError(
+                f"No shipped {self.role} weights are installed; choose a .safetensors file in '{self.picker_label}'."
+            ) from None
+
+    def get(self, weights: Path | None, device) -> LoadedModel:
+        path = self.path_for(weights)
+        try:
+            stat = path.stat()
+            fingerprint = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            fingerprint = None  # load_generator explains what is wrong with the path
+        key = (str(path.resolve()), fingerprint, str(device))
+        if key != self._key or self._model is None:
+            self._model, self._key = None, None
+            spec = path if weights is not None else self.role  # the role name makes the core check the sha256
+            self._model = load_generator(spec, device, role=self.role)
+            self._key = key
+        return self._model
+
+    @property
+    def loaded_key(self) -> tuple | None:
+        """(file, mtime and size, device) of the loaded weights: changes whenever they do."""
+        return self._key
+
+
+def model_metadata(model: LoadedModel, device, tile: int) -> dict[str, Any]:
+    return {
+        "model": model.name,
+        "role": model.role,
+        "weights": str(model.source) if model.source else None,
+        "device": str(device),
+        "tile": int(tile),
+    }
+
+
+def in_phase(progress: ProgressFn, phase: int, phases: int) -> ProgressFn:
+    """Map one step's (done, total) onto its share of a run made of ``phases`` equal parts."""
+
+    def report(done: int, total: int) -> None:
+        total = max(int(total), 1)
+        progress(phase * total + done, phases * total)
+
+    return report
+
+
+def _display(data: np.ndarray) -> dict[str, Any]:
+    """Contrast limits that show [0, 1] float results as they are (integers keep napari's defaults)."""
+    return {"contrast_limits": (0.0, 1.0)} if data.dtype.kind == "f" else {}
+
+
+def check_sml_layer(name: str, metadata: dict, sml_map: np.ndarray, image: np.ndarray, rgb: bool) -> SMLParams:
+    """The SML parameters of an SML layer (``name``, its ``metadata`` and data ``sml_map``) made from
+    ``image`` by the "Focus measure (SML)" widget.
+
+    core.inference.deblur computes G1's focus channel from the image itself; a chosen SML layer therefore
+    contributes its parameters, after checking that it really is the SML of this image with them (so the
+    network sees exactly the map the user chose).
+    """
+    recorded = metadata.get("sml_params")
+    if not recorded:
+        raise RefocusError(
+            f"Layer {name!r} carries no SML parameters; make it with the 'Focus measure (SML)' "
+            "widget, or choose 'compute from the image'."
+        )
+    params = SMLParams(**recorded)
+    expected = sml(image, params, rgb=rgb)
+    if sml_map.shape != expected.shape or not np.allclose(sml_map, expected, atol=1e-5):
+        raise RefocusError(
+            f"SML layer {name!r} was not computed from this image (shape {sml_map.shape}, image "
+            f"{expected.shape}); recompute it from the image or choose 'compute from the image'."
+        )
+    return params
+
+
+class DeblurWidget(Container):
+    """G1: image layer in, all-in-focus radiance layer ``"<image> radiance"`` out (updated in place)."""
+
+    def __init__(self, napari_viewer):
+        self._viewer = napari_viewer
+        self._image = image_layer_combo(napari_viewer, label="image", tooltip="image or stack to deblur")
+        self._focus = image_layer_combo(
+            napari_viewer, label="focus (SML)", optional=True, none_label="compute from the image",
+            tooltip="G1's focus channel: computed from the image with the model's SML settings, or an SML "
+            "layer made from this image by the 'Focus measure (SML)' widget (its settings are used)",
+        )  # fmt: skip
+        self._weights = weights_picker("G1 weights")
+        self._device = device_combo()
+        self._tile = tile_spinbox()
+        self._run_button = PushButton(text="Deblur")
+        self.runner = TaskRunner()
+        self._model = ModelSlot("deblur", "G1 weights")
+        super().__init__(
+            widgets=[self._image, self._focus, self._weights, self._device, self._tile, self._run_button, self.runner]
+        )
+        self._run_button.changed.connect(self.run)
+        follow_layer_list(napari_viewer, self)
+
+    def run(self, *_) -> None:
+        try:
+            layer = chosen_layer(self._image, "an image layer to deblur")
+            data = layer_data_copy(layer)
+            focus_layer = self._focus.value
+            focus = None
+            if focus_layer is not None:  # copied here: the task runs in another thread
+                focus = (focus_layer.name, dict(focus_layer.metadata), layer_data_copy(focus_layer))
+        except Exception as exc:
+            self.runner.fail(exc, description="Deblur")
+            return
+        rgb = bool(layer.rgb)
+        weights, device_name, tile = self._weights.value, self._device.value, int(self._tile.value)
+        source, name = layer.name, f"{layer.name} radiance"
+        placement = spatial_placement(layer, data.ndim - (1 if rgb else 0))
+
+        def task(progress: ProgressFn, cancel: CancelFn):
+            params = check_sml_layer(*focus, data, rgb) if focus is not None else None
+            device = pick_device(device_name)
+            model = self._model.get(weights, device)
+            out = deblur(
+                data, model, rgb=rgb, sml_params=params, device=device, tile=tile or None,
+                progress=progress, cancel=cancel,
+            )  # fmt: skip
+            used = params or model.sml
+            metadata = {
+                "source": source,
+                **model_metadata(model, device, tile),
+                "sml_params": asdict(used),
+                "focus": focus[0] if focus is not None else "computed from the image",
+            }
+            return out, metadata
+
+        def show(result) -> None:
+            out, metadata = result
+            show_image(self._viewer, out, name=name, metadata=metadata, rgb=rgb, **placement, **_display(out))
+
+        self.runner.run(task, show, description="Deblur")
+
+
+class RefocusWidget(Container):
+    """G2: image (+ radiance, computed with G1 and cached when not given) and δ → ``"<image> refocused"``.
+
+    Changing δ reruns G2 only and updates the same output layer.
+    """
+
+    RADIANCE_CACHE_SIZE = 2
+
+    def __init__(self, napari_viewer):
+        self._viewer = napari_viewer
+        self._image = image_layer_combo(napari_viewer, label="image", tooltip="image or stack to refocus")
+        self._radiance = image_layer_combo(
+            napari_viewer, label="radiance", optional=True, none_label="compute with G1 (cached)",
+            tooltip="the deblurred (all-in-focus) image, e.g. the Deblur widget's output; computed once and "
+            "cached when not given",
+        )  # fmt: skip
+        self._delta = FloatSpinBox(label="δ (slices)", value=0.0, min=-DELTA_LIMIT, max=DELTA_LIMIT, step=1.0, tooltip=DELTA_TOOLTIP)
+        self._live = CheckBox(text="refocus when δ changes", value=True)
+        self._weights = weights_picker("G2 weights")
+        self._deblur_weights = weights_picker("G1 weights")
+        self._deblur_weights.tooltip = WEIGHTS_TOOLTIP + " (used only to compute a missing radiance)"
+        self._device = device_combo()
+        self._tile = tile_spinbox()
+        self._run_button = PushButton(text="Refocus")
+        self.runner = TaskRunner()
+        self._g2 = ModelSlot("refocus", "G2 weights")
+        self._g1 = ModelSlot("deblur", "G1 weights")
+        self._radiance_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._rerun_pending = False
+        super().__init__(
+            widgets=[
+                self._image, self._radiance, self._delta, self._live, self._weights, self._deblur_weights,
+                self._device, self._tile, self._run_button, self.runner,
+            ]
+        )  # fmt: skip
+        self._run_button.changed.connect(self.run)
+        self._delta.changed.connect(self._delta_changed)
+        self.runner.finished.connect(self._after_run)
+        follow_layer_list(napari_viewer, self)
+
+    def _delta_changed(self, *_) -> None:
+        if not self._live.value or self._image.value is None:
+            return
+        if self.runner.busy:  # coalesce: run once more with the latest δ when the current run ends
+            self._rerun_pending = True
+            return
+        self.run()
+
+    def _after_run(self, status: str) -> None:
+        if self._rerun_pending and status != "cancelled":
+            self._rerun_pending = False
+            self.run()
+        self._rerun_pending = False
+
+    def run(self, *_) -> None:
+        try:
+            layer = chosen_layer(self._image, "an image layer to refocus")
+            data = layer_data_copy(layer)
+            radiance_layer = self._radiance.value
+            radiance = layer_data_copy(radiance_layer) if radiance_layer is not None else None
+        except Exception as exc:
+            self.runner.fail(exc, description="Refocus")
+            return
+        rgb = bool(layer.rgb)
+        delta = float(self._delta.value)
+        weights, deblur_weights = self._weights.value, self._deblur_weights.value
+        device_name, tile = self._device.value, int(self._tile.value)
+        source, name = layer.name, f"{layer.name} refocused"
+        given_radiance = f"layer {radiance_layer.name!r}" if radiance_layer is not None else None
+        placement = spatial_placement(layer, data.ndim - (1 if rgb else 0))
+
+        def task(progress: ProgressFn, cancel: CancelFn):
+            device = pick_device(device_name)
+            g2 = self._g2.get(weights, device)
+            d = check_delta(g2, delta)  # before any expensive work
+            rad, radiance_note = radiance, given_radiance
+            phases, phase = 1, 0
+            if rad is None and g2.config.in_channels == 6:
+                g1 = self._g1.get(deblur_weights, device)
+                key = (_digest(data), rgb, self._g1.loaded_key)
+                rad = self._radiance_cache.get(key)
+                radiance_note = f"computed with {g1.name!r} (cached for δ changes)"
+                if rad is None:
+                    phases = 2
+                    rad = deblur(
+                        data, g1, rgb=rgb, device=device, tile=tile or None,
+                        progress=in_phase(progress, 0, phases), cancel=cancel,
+                    )  # fmt: skip
+                    self._remember(key, rad)
+                    phase = 1
+            out = refocus(
+                data, d, g2, radiance=rad, rgb=rgb, device=device, tile=tile or None,
+                progress=in_phase(progress, phase, phases), cancel=cancel,
+            )  # fmt: skip
+            metadata = {
+                "source": source,
+                **model_metadata(g2, device, tile),
+                "delta": d,
+                "delta_slope_px_per_view": d * _STACK.slope_step,
+                "radiance": radiance_note,
+            }
+            return out, metadata
+
+        def show(result) -> None:
+            out, metadata = result
+            show_image(self._viewer, out, name=name, metadata=metadata, rgb=rgb, **placement, **_display(out))
+
+        self.runner.run(task, show, description="Refocus")
+
+    def _remember(self, key: tuple, radiance: np.ndarray) -> None:
+        self._radiance_cache[key] = radiance
+        while len(self._radiance_cache) > self.RADIANCE_CACHE_SIZE:
+            self._radiance_cache.popitem(last=False)
+
+
+def _digest(data: np.ndarray) -> tuple:
+    """Identity of an image's content, for the radiance cache (edits to the layer change it)."""
+    h = hashlib.blake2b(np.ascontiguousarray(data).view(np.uint8).reshape(-1), digest_size=16)
+    return data.shape, str(data.dtype), h.hexdigest()

@@ -1,0 +1,188 @@
+"""Run a core function off the GUI thread, with a progress bar, a Cancel button and notifications.
+
+Widgets stay thin adapters (the careamics-napari / micro-sam split): they copy the input in the GUI
+thread, hand :class:`TaskRunner` a *task* — a core call that accepts ``progress(done, total)`` and
+``cancel()`` callbacks — and apply the result in the GUI thread. The core checks ``cancel()`` between
+slices or tiles and raises :class:`~napari_refocusgan.core.focalstack.Cancelled`, which ends the task
+quietly. Every failure becomes a napari notification; nothing propagates into the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.qt.threading import FunctionWorker, create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from psygnal import Signal
+from superqt.utils import ensure_main_thread
+
+from ..core.errors import RefocusError
+from ..core.focalstack import Cancelled, CancelFn, ProgressFn
+
+logger = logging.getLogger(__name__)
+
+# Tests set this to True (monkeypatch) so that every task runs in the calling thread and results can be
+# asserted right after the button press. Same code path otherwise: only the thread differs.
+RUN_SYNCHRONOUSLY = False
+
+T = TypeVar("T")
+Task = Callable[[ProgressFn, CancelFn], T]
+
+
+@dataclass
+class Outcome(Generic[T]):
+    """What a task produced: a value, an error, or nothing because it was cancelled."""
+
+    value: T | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+
+
+def run_guarded(task: Task, progress: ProgressFn, cancel: CancelFn) -> Outcome:
+    """Call ``task`` and capture its result or failure (runs in the worker thread)."""
+    try:
+        value = task(progress, cancel)
+    except Cancelled:
+        return Outcome(cancelled=True)
+    except Exception as exc:  # every failure is reported to the user, none may kill the GUI
+        return Outcome(error=exc)
+    if cancel():  # the user pressed Cancel after the last check: honour it, drop the result
+        return Outcome(cancelled=True)
+    return Outcome(value=value)
+
+
+def error_message(exc: BaseException, description: str) -> str:
+    """A notification text for ``exc``: the message itself for bad input, advice for memory errors."""
+    if isinstance(exc, RefocusError):
+        return f"{description}: {exc}"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's (CPU/CUDA/MPS)
+        return f"{description}: out of memory. Try a smaller tile size, another device or a smaller image."
+    return f"{description} failed: {type(exc).__name__}: {exc}"
+
+
+class TaskRunner(Container):
+    """Progress bar + Cancel button that runs one task at a time for the widget that owns it.
+
+    ``synchronous``: run in the calling thread; ``None`` follows :data:`RUN_SYNCHRONOUSLY`.
+    After each run, ``last_status`` is ``"done"``, ``"cancelled"`` or ``"failed"``, and ``finished`` emits it.
+    """
+
+    finished = Signal(str)
+
+    def __init__(self, *, synchronous: bool | None = None):
+        self._bar = ProgressBar(value=0, min=0, max=1, tooltip="progress of the running task")
+        self._cancel_button = PushButton(text="Cancel", enabled=False, tooltip="stop after the current slice or tile")
+        self._message = Label(value="")
+        super().__init__(widgets=[self._bar, self._cancel_button, self._message], layout="horizontal", labels=False)
+        self.margins = (0, 0, 0, 0)
+        self._cancel_button.changed.connect(self.request_cancel)
+        self._cancel_event = threading.Event()
+        self._synchronous = synchronous
+        self._description = ""
+        self._running = False
+        self.worker: FunctionWorker | None = None
+        self.last_status: str | None = None
+        # A closed widget must not leave its task running.
+        self.native.destroyed.connect(self._cancel_event.set)
+
+    @property
+    def busy(self) -> bool:
+        return self._running
+
+    def request_cancel(self, *_: Any) -> None:
+        """Ask the running task to stop at its next ``cancel()`` check."""
+        if self._running:
+            self._cancel_event.set()
+            self._message.value = "cancelling…"
+
+    def cancel_requested(self) -> bool:
+        """The ``cancel`` callback handed to the core (also honours napari's own status-bar cancel)."""
+        worker = self.worker
+        return self._cancel_event.is_set() or bool(worker is not None and worker.abort_requested)
+
+    def run(self, task: Task, on_done: Callable[[Any], None], *, description: str) -> FunctionWorker | None:
+        """Start ``task``; ``on_done(result)`` runs in the GUI thread when it succeeds.
+
+        Returns the napari worker (None when run synchronously or refused because a task is running).
+        """
+        if self._running:
+            show_warning(f"{self._description} is still running: wait for it or press Cancel.")
+            return None
+        self._description = description
+        self._cancel_event.clear()
+        self._set_running(True)
+        synchronous = RUN_SYNCHRONOUSLY if self._synchronous is None else self._synchronous
+        if synchronous:
+            self.worker = None
+            self._finish(run_guarded(task, self._show_progress, self.cancel_requested), on_done)
+            return None
+        worker = create_worker(
+            run_guarded, task, self._show_progress_from_thread, self.cancel_requested,
+            _start_thread=False, _ignore_errors=True,
+        )  # fmt: skip
+        worker.returned.connect(lambda outcome: self._finish(outcome, on_done, worker))
+        # run_guarded catches every Exception; this only sees what escapes it (e.g. a KeyboardInterrupt).
+        worker.errored.connect(lambda exc: self._finish(Outcome(error=exc), on_done, worker))
+        # A worker quit through napari's own cancel emits no `returned`, only `finished`.
+        worker.finished.connect(lambda: self._finish(Outcome(cancelled=True), on_done, worker))
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def fail(self, exc: BaseException, *, description: str) -> None:
+        """Report a problem found before a task could start (no layer chosen, wrong shape, …)."""
+        if not isinstance(exc, RefocusError):
+            logger.error("%s failed", description, exc_info=exc)
+        self._report("failed", error_message(exc, description), show_error)
+
+    def _set_running(self, running: bool) -> None:
+        self._running = running
+        self._cancel_button.enabled = running
+        if running:
+            self._bar.max, self._bar.value = 0, 0  # indeterminate until the first progress report
+            self._message.value = f"{self._description}…"
+
+    def _show_progress(self, done: int, total: int) -> None:
+        if not self._running:
+            return
+        total = max(int(total), 1)
+        self._bar.max = total
+        self._bar.value = min(max(int(done), 0), total)
+
+    @ensure_main_thread
+    def _show_progress_from_thread(self, done: int, total: int) -> None:
+        self._show_progress(done, total)
+
+    def _finish(self, outcome: Outcome, on_done: Callable[[Any], None], worker: FunctionWorker | None = None) -> None:
+        # Each worker ends once: `finished` follows `returned`/`errored`, and a new run may have started since.
+        if not self._running or worker is not self.worker:
+            return
+        self._set_running(False)
+        self.worker = None
+        if outcome.cancelled:
+            self._report("cancelled", f"{self._description} cancelled.", show_info)
+            return
+        if outcome.error is None:
+            try:
+                on_done(outcome.value)
+            except Exception as exc:  # applying the result (e.g. to a closed viewer) may fail too
+                outcome = Outcome(error=exc)
+        if outcome.error is not None:
+            if not isinstance(outcome.error, RefocusError):
+                logger.error("%s failed", self._description, exc_info=outcome.error)
+            self._report("failed", error_message(outcome.error, self._description), show_error)
+            return
+        self._bar.max = self._bar.value = 1
+        self._report("done", "done", None)
+
+    def _report(self, status: str, message: str, notify: Callable[[str], None] | None) -> None:
+        self.last_status = status
+        self._message.value = status
+        if notify is not None:
+            notify(message)
+        self.finished.emit(status)

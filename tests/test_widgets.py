@@ -1,0 +1,839 @@
+"""napari plugin layer under Xvfb with real viewers: sample data, widgets, worker machinery, reader.
+
+Widgets run synchronously (``workers.RUN_SYNCHRONOUSLY``) unless a test checks the threaded path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+
+from napari_refocusgan._sample_data import ALL_IN_FOCUS_NAME, DISPARITY_NAME, FOCAL_STACK_NAME  # noqa: E402
+from napari_refocusgan._widgets import workers  # noqa: E402
+from napari_refocusgan.core.focalstack import Cancelled, StackConfig  # noqa: E402
+from napari_refocusgan.core.focus import SMLParams, sml  # noqa: E402
+
+PLUGIN = "napari-refocusgan"
+SHARED = Path(__file__).parents[2] / "shared"
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+class Notifications:
+    """Notifications napari received since the fixture started."""
+
+    def __init__(self):
+        self._start = len(notification_manager.records)
+
+    def all(self):
+        return notification_manager.records[self._start :]
+
+    def messages(self, severity: NotificationSeverity | None = None) -> list[str]:
+        return [str(n.message) for n in self.all() if severity is None or n.severity == severity]
+
+    def errors(self) -> list[str]:
+        return self.messages(NotificationSeverity.ERROR)
+
+
+@pytest.fixture
+def notes() -> Notifications:
+    return Notifications()
+
+
+@pytest.fixture
+def sync_tasks(monkeypatch):
+    monkeypatch.setattr(workers, "RUN_SYNCHRONOUSLY", True)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, sync_tasks):
+    return make_napari_viewer()
+
+
+def dock(viewer, display_name: str):
+    """Open one of the plugin's widgets the way the Plugins menu does (through the manifest)."""
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, display_name)
+    return widget
+
+
+def snapshot(layer) -> tuple[str, np.ndarray]:
+    return layer.name, np.array(layer.data, copy=True)
+
+
+def assert_unchanged(layer, before: tuple[str, np.ndarray]) -> None:
+    name, data = before
+    assert layer.name == name
+    np.testing.assert_array_equal(np.asarray(layer.data), data)
+
+
+def shown(part, widget) -> bool:
+    """Whether ``part`` shows when ``widget`` does (the test viewer itself stays hidden)."""
+    return part.native.isVisibleTo(widget.native)
+
+
+def open_sample(viewer) -> None:
+    viewer.open_sample(PLUGIN, "synthetic_scene")
+
+
+# --------------------------------------------------------------------------------------------- sample
+
+
+def test_sample_data_opens_three_named_layers_with_stack_metadata(viewer):
+    open_sample(viewer)
+    names = [layer.name for layer in viewer.layers]
+    assert names == [ALL_IN_FOCUS_NAME, DISPARITY_NAME, FOCAL_STACK_NAME]
+
+    stack = viewer.layers[FOCAL_STACK_NAME]
+    assert stack.rgb and not stack.multiscale
+    assert stack.data.shape == (10, 240, 320, 3) and stack.data.dtype == np.float32
+    config = StackConfig()
+    np.testing.assert_allclose(stack.metadata["slopes"], config.slopes())
+    assert stack.metadata["slope_step"] == pytest.approx(3 / 29)
+    assert stack.metadata["stack_config"]["keep"] == [6, 15]
+
+    centre = viewer.layers[ALL_IN_FOCUS_NAME]
+    assert centre.rgb and centre.data.shape == (240, 320, 3)
+    disparity = viewer.layers[DISPARITY_NAME]
+    assert disparity.data.shape == (240, 320) and disparity.colormap.name == "viridis"
+    # every ground-truth disparity is one of the scene's plane disparities
+    planes = np.array(disparity.metadata["layer_disparities"])
+    assert np.abs(disparity.data[..., None] - planes).min(axis=-1).max() < 1e-6
+
+
+def test_sample_layers_are_independent_copies(viewer):
+    open_sample(viewer)
+    viewer.layers[FOCAL_STACK_NAME].data[:] = 0  # vandalise the first copy
+    from napari_refocusgan._sample_data import make_sample_scene
+
+    fresh = {kwargs["name"]: data for data, kwargs, _ in make_sample_scene()}
+    assert fresh[FOCAL_STACK_NAME].max() > 0.5
+
+
+def test_sample_focal_stack_focuses_the_far_plane_in_the_right_slice(viewer):
+    """Pixels of the back plane are sharpest (by SML) in the slice whose slope is nearest its disparity."""
+    open_sample(viewer)
+    stack = viewer.layers[FOCAL_STACK_NAME]
+    disparity = viewer.layers[DISPARITY_NAME].data
+    slopes = np.array(stack.metadata["slopes"])
+    far = max(stack.metadata["layer_disparities"])
+    m = sml(stack.data, rgb=True)
+    region = (disparity == np.float32(far)) & (m.max(axis=0) > 0.01)
+    assert region.sum() > 500
+    votes = np.bincount(m.argmax(axis=0)[region], minlength=len(slopes))
+    assert abs(slopes[votes.argmax()] - far) <= stack.metadata["slope_step"] * 1.01
+
+
+# --------------------------------------------------------------------------------------------- SML
+
+
+def test_sml_widget_on_stack_matches_core_and_updates_in_place(viewer, notes):
+    open_sample(viewer)
+    stack_layer = viewer.layers[FOCAL_STACK_NAME]
+    before = snapshot(stack_layer)
+    widget = dock(viewer, "Focus measure (SML)")
+    widget._image.value = stack_layer
+
+    widget._run_button.clicked()
+    out = viewer.layers[f"{FOCAL_STACK_NAME} SML"]
+    n_layers = len(viewer.layers)
+    assert out.data.shape == (10, 240, 320) and out.data.dtype == np.float32
+    np.testing.assert_allclose(out.data, sml(before[1], SMLParams(), rgb=True), atol=1e-7)
+    assert out.metadata["sml_params"] == {"step": 1, "window": 9, "threshold": 0.005}
+    assert widget.runner.last_status == "done"
+
+    widget._window.value = 3
+    widget._threshold.value = 0.0
+    widget._run_button.clicked()
+    assert len(viewer.layers) == n_layers  # updated, not added
+    assert viewer.layers[f"{FOCAL_STACK_NAME} SML"] is out
+    np.testing.assert_allclose(out.data, sml(before[1], SMLParams(window=3, threshold=0.0), rgb=True), atol=1e-7)
+    assert out.metadata["sml_params"]["window"] == 3
+    assert_unchanged(stack_layer, before)
+    assert notes.errors() == []
+
+
+def test_sml_widget_respects_layer_rgb_flag(viewer):
+    # six gray 20×4 slices: the last axis is 4 long but is *not* colour
+    data = np.random.default_rng(1).random((6, 20, 4)).astype(np.float32)
+    layer = viewer.add_image(data, rgb=False, name="gray stack")
+    widget = dock(viewer, "Focus measure (SML)")
+    widget._image.value = layer
+    widget._run_button.clicked()
+    out = viewer.layers["gray stack SML"].data
+    assert out.shape == (6, 20, 4)
+    np.testing.assert_allclose(out, sml(data, rgb=False), atol=1e-7)
+
+
+def test_sml_widget_single_pixel_image_gives_zero_map(viewer, notes):
+    layer = viewer.add_image(np.full((1, 1), 200, np.uint8), name="dot")
+    widget = dock(viewer, "Focus measure (SML)")
+    widget._image.value = layer
+    widget._run_button.clicked()
+    np.testing.assert_array_equal(viewer.layers["dot SML"].data, np.zeros((1, 1), np.float32))
+    assert notes.errors() == []
+
+
+def test_sml_widget_reports_bad_input_without_touching_it(viewer, notes):
+    bad = np.ones((16, 16), np.float32)
+    bad[3, 4] = np.nan
+    layer = viewer.add_image(bad, name="holey")
+    before = snapshot(layer)
+    widget = dock(viewer, "Focus measure (SML)")
+    widget._image.value = layer
+    widget._run_button.clicked()
+    assert any("NaN" in m for m in notes.errors())
+    assert "holey SML" not in viewer.layers
+    assert widget.runner.last_status == "failed"
+
+    ok = viewer.add_image(np.zeros((8, 8), np.float32), name="flat")
+    widget._image.value = ok
+    widget._window.value = 4  # typed in by hand: even windows are invalid
+    widget._run_button.clicked()
+    assert any("odd" in m for m in notes.errors())
+    assert "flat SML" not in viewer.layers
+    assert_unchanged(layer, before)
+    assert len(viewer.layers) == 2
+
+
+def test_widget_without_any_layer_asks_for_one(viewer, notes):
+    widget = dock(viewer, "Focus measure (SML)")
+    widget._run_button.clicked()
+    assert any("Choose an image layer" in m for m in notes.errors())
+    assert len(viewer.layers) == 0
+
+
+def test_layer_dropdown_follows_the_layer_list(viewer):
+    widget = dock(viewer, "Focus measure (SML)")
+    a = viewer.add_image(np.zeros((4, 4)), name="a")
+    viewer.add_points()  # not an image: never offered
+    b = viewer.add_image(np.zeros((4, 4)), name="b")
+    assert list(widget._image.choices) == [a, b]
+    viewer.layers.remove(a)
+    assert list(widget._image.choices) == [b]
+
+
+# --------------------------------------------------------------------------------------------- workers
+
+
+def test_threaded_sml_run_finishes_and_shows_the_result(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer()  # threaded: RUN_SYNCHRONOUSLY stays False
+    data = np.random.default_rng(2).random((3, 32, 32)).astype(np.float32)
+    layer = viewer.add_image(data, name="stack")
+    widget = dock(viewer, "Focus measure (SML)")
+    widget._image.value = layer
+    widget._run_button.clicked()
+    assert widget.runner.worker is not None or widget.runner.last_status == "done"
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=20000)
+    assert widget.runner.last_status == "done"
+    np.testing.assert_allclose(viewer.layers["stack SML"].data, sml(data), atol=1e-7)
+    assert notes.errors() == []
+
+
+def test_threaded_task_reports_progress_and_stops_on_cancel(make_napari_viewer, qtbot, notes):
+    make_napari_viewer()
+    runner = workers.TaskRunner(synchronous=False)
+    qtbot.addWidget(runner.native)
+    at_three = threading.Event()
+    results = []
+
+    def task(progress, cancel):
+        for i in range(1000):
+            if cancel():
+                raise Cancelled()
+            progress(i, 1000)
+            if i == 3:
+                at_three.set()
+            time.sleep(0.005)
+        return "finished"
+
+    runner.run(task, results.append, description="Long job")
+    assert runner.busy
+    qtbot.waitUntil(lambda: runner._bar.max == 1000 and runner._bar.value >= 3, timeout=10000)
+    assert runner._cancel_button.enabled
+    # a second task is refused while one runs
+    runner.run(task, results.append, description="Second job")
+    assert any("still running" in m for m in notes.messages(NotificationSeverity.WARNING))
+
+    runner._cancel_button.clicked()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
+    assert runner.last_status == "cancelled"
+    assert results == []  # nothing applied
+    assert any("Long job cancelled" in m for m in notes.messages(NotificationSeverity.INFO))
+    assert not runner._cancel_button.enabled
+
+
+def test_napari_status_bar_cancel_stops_the_task_too(make_napari_viewer, qtbot, notes):
+    make_napari_viewer()
+    runner = workers.TaskRunner(synchronous=False)
+    qtbot.addWidget(runner.native)
+    started = threading.Event()
+
+    def task(progress, cancel):
+        started.set()
+        for _ in range(2000):
+            if cancel():
+                raise Cancelled()
+            time.sleep(0.005)
+        return "finished"
+
+    worker = runner.run(task, lambda _: None, description="Job")
+    assert started.wait(10)
+    worker.quit()  # what napari's activity/status bar calls
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
+    assert runner.last_status == "cancelled"
+
+
+def test_cancel_between_slices_of_a_widget_run_adds_nothing(viewer, notes, monkeypatch):
+    from napari_refocusgan._widgets import focus_widget
+
+    layer = viewer.add_image(np.random.default_rng(0).random((5, 16, 16)).astype(np.float32), name="stack")
+    widget = dock(viewer, "Focus measure (SML)")
+    widget._image.value = layer
+    seen = []
+
+    def sml_then_press_cancel(image, params, rgb):
+        seen.append(image.shape)
+        widget.runner.request_cancel()  # the user presses Cancel while the first slice runs
+        return sml(image, params, rgb=rgb)
+
+    monkeypatch.setattr(focus_widget, "sml", sml_then_press_cancel)
+    widget._run_button.clicked()
+    assert seen == [(16, 16)]  # stopped before the second slice
+    assert widget.runner.last_status == "cancelled"
+    assert "stack SML" not in viewer.layers
+    assert any("SML cancelled" in m for m in notes.messages(NotificationSeverity.INFO))
+
+
+def test_threaded_errors_become_notifications(make_napari_viewer, qtbot, notes):
+    from napari_refocusgan.core.errors import RefocusError
+
+    make_napari_viewer()
+    runner = workers.TaskRunner(synchronous=False)
+    qtbot.addWidget(runner.native)
+
+    def bad_input(progress, cancel):
+        raise RefocusError("the image is too small")
+
+    runner.run(bad_input, lambda _: None, description="Deblur")
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
+    assert runner.last_status == "failed"
+    assert "Deblur: the image is too small" in notes.errors()
+
+    def bug(progress, cancel):
+        return 1 / 0
+
+    runner.run(bug, lambda _: None, description="Refocus")
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
+    assert any(m.startswith("Refocus failed: ZeroDivisionError") for m in notes.errors())
+
+    def oom(progress, cancel):
+        raise MemoryError()
+
+    runner.run(oom, lambda _: None, description="Refocus")
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
+    assert any("out of memory" in m and "tile" in m for m in notes.errors())
+
+
+def test_failure_while_applying_the_result_is_reported(make_napari_viewer, sync_tasks, notes):
+    make_napari_viewer()
+    runner = workers.TaskRunner()
+
+    def apply(_):
+        raise RuntimeError("viewer went away")
+
+    runner.run(lambda progress, cancel: 42, apply, description="SML")
+    assert runner.last_status == "failed"
+    assert any("viewer went away" in m for m in notes.errors())
+    runner.native.deleteLater()
+
+
+# --------------------------------------------------------------------------------------------- networks
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Tiny random G1 and G2 (ngf 4, one block) saved as the training export would."""
+    import torch
+
+    from napari_refocusgan.core.networks import Generator, deblur_config, refocus_config
+    from napari_refocusgan.core.weights import save_generator
+
+    def random_generator(config):
+        generator = Generator(config)
+        with torch.no_grad():  # new generators are the identity (zero tail); these must do something
+            for p in generator.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        return generator
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    g1_path, g2_path = folder / "g1.safetensors", folder / "g2.safetensors"
+    save_generator(random_generator(deblur_config(ngf=4, n_blocks=1)), g1_path, "deblur")
+    save_generator(random_generator(refocus_config(ngf=4, n_blocks=1)), g2_path, "refocus")
+    return g1_path, g2_path
+
+
+def textured_image(seed: int = 3, shape=(32, 40, 3)) -> np.ndarray:
+    from scipy import ndimage
+
+    noise = np.random.default_rng(seed).random(shape)
+    return np.clip(ndimage.gaussian_filter(noise, (1.0, 1.0, 0)[: len(shape)]) * 1.5 - 0.25, 0, 1).astype(np.float32)
+
+
+def set_network_options(widget, weights, *, device="cpu", tile=0):
+    widget._weights.value = weights
+    widget._device.value = device
+    widget._tile.value = tile
+
+
+def test_device_dropdown_lists_available_devices(viewer):
+    from napari_refocusgan.core.inference import available_devices
+
+    for name in ("Deblur (radiance)", "Refocus"):
+        widget = dock(viewer, name)
+        assert list(widget._device.choices) == ["auto", *available_devices()]
+        assert "cpu" in widget._device.choices
+
+
+def test_deblur_widget_matches_core_and_records_model_and_device(viewer, tiny_weights, notes):
+    from napari_refocusgan.core.inference import deblur
+    from napari_refocusgan.core.weights import load_generator
+
+    g1_path, _ = tiny_weights
+    image = textured_image()
+    layer = viewer.add_image(image, name="photo", rgb=True)
+    before = snapshot(layer)
+    widget = dock(viewer, "Deblur (radiance)")
+    widget._image.value = layer
+    set_network_options(widget, g1_path)
+    widget._run_button.clicked()
+
+    out = viewer.layers["photo radiance"]
+    expected = deblur(image, load_generator(g1_path, "cpu"), device="cpu")
+    np.testing.assert_allclose(out.data, expected, atol=1e-6)
+    assert not np.allclose(out.data, image, atol=1e-3)  # the network did something
+    assert out.rgb and out.data.dtype == np.float32
+    meta = out.metadata
+    assert meta["model"] == "g1" and meta["role"] == "deblur" and meta["device"] == "cpu"
+    assert Path(meta["weights"]) == g1_path and meta["tile"] == 0
+    assert meta["focus"] == "computed from the image"
+    assert notes.errors() == []
+
+    n = len(viewer.layers)
+    widget._tile.value = 256
+    widget._run_button.clicked()
+    assert len(viewer.layers) == n and viewer.layers["photo radiance"] is out
+    assert out.metadata["tile"] == 256
+    assert_unchanged(layer, before)
+
+
+def _shipped(role: str) -> bool:
+    from napari_refocusgan.core.errors import RefocusError
+    from napari_refocusgan.core.weights import default_model
+
+    try:
+        return default_model(role).path.is_file()
+    except RefocusError:
+        return False
+
+
+@pytest.mark.skipif(not (_shipped("deblur") and _shipped("refocus")), reason="no shipped weights installed")
+def test_widgets_default_to_the_shipped_weights(viewer, notes):
+    from napari_refocusgan.core.inference import deblur, refocus
+    from napari_refocusgan.core.weights import load_generator
+
+    image = textured_image(13)
+    layer = viewer.add_image(image, name="photo", rgb=True)
+    widget = dock(viewer, "Refocus")
+    widget._image.value = layer
+    widget._live.value = False
+    widget._delta.value = 2.0
+    set_network_options(widget, None)
+    widget._run_button.clicked()
+    g1, g2 = load_generator("deblur", "cpu"), load_generator("refocus", "cpu")
+    expected = refocus(image, 2.0, g2, radiance=deblur(image, g1, device="cpu"), device="cpu")
+    out = viewer.layers["photo refocused"]
+    np.testing.assert_allclose(out.data, expected, atol=1e-5)
+    assert out.metadata["model"] == g2.name and Path(out.metadata["weights"]) == Path(g2.source)
+    assert notes.errors() == []
+
+
+def test_deblur_widget_uses_the_chosen_sml_layer(viewer, tiny_weights, notes):
+    from napari_refocusgan.core.inference import deblur
+    from napari_refocusgan.core.weights import load_generator
+
+    g1_path, _ = tiny_weights
+    image = textured_image(4)
+    layer = viewer.add_image(image, name="photo", rgb=True)
+    sml_widget = dock(viewer, "Focus measure (SML)")
+    sml_widget._image.value = layer
+    sml_widget._window.value = 3
+    sml_widget._run_button.clicked()
+
+    widget = dock(viewer, "Deblur (radiance)")
+    widget._image.value = layer
+    widget._focus.value = viewer.layers["photo SML"]
+    set_network_options(widget, g1_path)
+    widget._run_button.clicked()
+    model = load_generator(g1_path, "cpu")
+    expected = deblur(image, model, sml_params=SMLParams(window=3), device="cpu")
+    out = viewer.layers["photo radiance"]
+    np.testing.assert_allclose(out.data, expected, atol=1e-6)
+    assert out.metadata["sml_params"]["window"] == 3 and out.metadata["focus"] == "photo SML"
+    assert not np.allclose(expected, deblur(image, model, device="cpu"), atol=1e-6)  # the choice matters
+
+    # an SML layer of another image is refused rather than silently ignored
+    other = viewer.add_image(textured_image(5), name="other", rgb=True)
+    sml_widget._image.value = other
+    sml_widget._run_button.clicked()
+    widget._focus.value = viewer.layers["other SML"]
+    widget._run_button.clicked()
+    assert any("not computed from this image" in m for m in notes.errors())
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (np.full((1, 1, 3), 0.5, np.float32), "at least 8×8"),
+        (np.where(np.eye(16)[..., None] > 0, np.nan, 0.5).repeat(3, -1).astype(np.float32), "NaN"),
+    ],
+    ids=["1x1", "nan"],
+)
+def test_deblur_widget_reports_bad_images(viewer, tiny_weights, notes, data, expected):
+    layer = viewer.add_image(data, name="bad", rgb=True)
+    before = snapshot(layer)
+    widget = dock(viewer, "Deblur (radiance)")
+    widget._image.value = layer
+    set_network_options(widget, tiny_weights[0])
+    widget._run_button.clicked()
+    assert any(expected in m for m in notes.errors()), notes.errors()
+    assert widget.runner.last_status == "failed"
+    assert "bad radiance" not in viewer.layers
+    assert_unchanged(layer, before)
+
+
+def test_bad_weights_are_reported(viewer, tiny_weights, tmp_path, notes, monkeypatch):
+    from napari_refocusgan._widgets import network_widgets
+    from napari_refocusgan.core.errors import RefocusError
+
+    g1_path, g2_path = tiny_weights
+    layer = viewer.add_image(textured_image(), name="photo", rgb=True)
+    before = snapshot(layer)
+    widget = dock(viewer, "Deblur (radiance)")
+    widget._image.value = layer
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"this is not a weights file" * 10)
+    set_network_options(widget, corrupt)
+    widget._run_button.clicked()
+    assert any("not a safetensors file" in m for m in notes.errors())
+
+    set_network_options(widget, g2_path)  # a refocus model where a deblur model is needed
+    widget._run_button.clicked()
+    assert any("refocus generator" in m for m in notes.errors())
+
+    def no_shipped_weights(role):
+        raise RefocusError("no shipped weights")
+
+    monkeypatch.setattr(network_widgets, "default_model", no_shipped_weights)
+    widget._weights.value = None
+    widget._run_button.clicked()
+    assert any("No shipped deblur weights" in m and "G1 weights" in m for m in notes.errors())
+    assert [lay.name for lay in viewer.layers] == ["photo"]
+    assert_unchanged(layer, before)
+
+
+def test_refocus_widget_caches_radiance_and_updates_one_layer_as_delta_turns(viewer, tiny_weights, notes, monkeypatch):
+    from napari_refocusgan._widgets import network_widgets
+    from napari_refocusgan.core.inference import deblur, refocus
+    from napari_refocusgan.core.weights import load_generator
+
+    g1_path, g2_path = tiny_weights
+    calls = {"deblur": 0, "refocus": 0}
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(network_widgets, "deblur", counting("deblur", deblur))
+    monkeypatch.setattr(network_widgets, "refocus", counting("refocus", refocus))
+
+    image = textured_image(6)
+    layer = viewer.add_image(image, name="photo", rgb=True)
+    before = snapshot(layer)
+    widget = dock(viewer, "Refocus")
+    widget._image.value = layer
+    set_network_options(widget, g2_path)
+    widget._deblur_weights.value = g1_path
+    widget._run_button.clicked()
+
+    g1, g2 = load_generator(g1_path, "cpu"), load_generator(g2_path, "cpu")
+    radiance = deblur(image, g1, device="cpu")
+    out = viewer.layers["photo refocused"]
+    np.testing.assert_allclose(out.data, refocus(image, 0.0, g2, radiance=radiance, device="cpu"), atol=1e-6)
+    assert calls == {"deblur": 1, "refocus": 1}
+    n_layers = len(viewer.layers)
+    first = np.array(out.data)
+
+    widget._delta.value = 2.0  # live: reruns G2 only
+    assert calls == {"deblur": 1, "refocus": 2}
+    assert len(viewer.layers) == n_layers and viewer.layers["photo refocused"] is out
+    assert not np.array_equal(out.data, first)
+    np.testing.assert_allclose(out.data, refocus(image, 2.0, g2, radiance=radiance, device="cpu"), atol=1e-6)
+    meta = out.metadata
+    assert meta["delta"] == 2.0 and meta["model"] == "g2" and meta["device"] == "cpu"
+    assert meta["delta_slope_px_per_view"] == pytest.approx(2 * 3 / 29)
+    assert "cached" in meta["radiance"]
+
+    widget._delta.value = 12.0  # outside the trained −9…+9
+    assert any("outside this model's trained range" in m for m in notes.errors())
+    np.testing.assert_allclose(out.data, refocus(image, 2.0, g2, radiance=radiance, device="cpu"), atol=1e-6)
+    assert calls["deblur"] == 1 and len(viewer.layers) == n_layers
+    assert_unchanged(layer, before)
+
+
+def test_refocus_widget_uses_a_given_radiance_layer(viewer, tiny_weights, monkeypatch):
+    from napari_refocusgan._widgets import network_widgets
+    from napari_refocusgan.core.inference import refocus
+    from napari_refocusgan.core.weights import load_generator
+
+    def must_not_deblur(*args, **kwargs):
+        raise AssertionError("radiance was given; G1 must not run")
+
+    monkeypatch.setattr(network_widgets, "deblur", must_not_deblur)
+    image, radiance = textured_image(7), textured_image(8)
+    layer = viewer.add_image(image, name="photo", rgb=True)
+    rad_layer = viewer.add_image(radiance, name="sharp", rgb=True)
+    before = snapshot(rad_layer)
+    widget = dock(viewer, "Refocus")
+    widget._image.value = layer
+    widget._radiance.value = rad_layer
+    widget._live.value = False
+    widget._delta.value = -3.0  # not live: nothing runs yet
+    assert "photo refocused" not in viewer.layers
+    set_network_options(widget, tiny_weights[1])
+    widget._run_button.clicked()
+    g2 = load_generator(tiny_weights[1], "cpu")
+    out = viewer.layers["photo refocused"]
+    np.testing.assert_allclose(out.data, refocus(image, -3.0, g2, radiance=radiance, device="cpu"), atol=1e-6)
+    assert out.metadata["radiance"] == "layer 'sharp'"
+    assert_unchanged(rad_layer, before)
+
+
+def test_threaded_refocus_coalesces_delta_changes(make_napari_viewer, qtbot, tiny_weights, notes):
+    viewer = make_napari_viewer()  # threaded
+    image = textured_image(9, (64, 64, 3))
+    layer = viewer.add_image(image, name="photo", rgb=True)
+    widget = dock(viewer, "Refocus")
+    widget._image.value = layer
+    set_network_options(widget, tiny_weights[1])
+    widget._deblur_weights.value = tiny_weights[0]
+    widget._delta.value = 1.0
+    widget._delta.value = 3.0  # arrives while δ = 1 runs: runs once more afterwards, no warning
+    qtbot.waitUntil(lambda: not widget.runner.busy and not widget._rerun_pending, timeout=30000)
+    qtbot.waitUntil(lambda: "photo refocused" in viewer.layers
+                    and viewer.layers["photo refocused"].metadata.get("delta") == 3.0, timeout=30000)  # fmt: skip
+    assert not widget.runner.busy
+    assert notes.errors() == [] and notes.messages(NotificationSeverity.WARNING) == []
+
+
+# --------------------------------------------------------------------------------------------- classical
+
+
+def test_classical_widget_methods_match_core(viewer, notes):
+    from napari_refocusgan.core.classical import apply_classical
+    from napari_refocusgan.core.imaging import from_float, to_float
+
+    image = (textured_image(10) * 255).round().astype(np.uint8)
+    layer = viewer.add_image(image, name="photo", rgb=True)
+    before = snapshot(layer)
+    widget = dock(viewer, "Classical sharpening")
+    widget._image.value = layer
+    for method in ("sharpen", "unsharp", "clahe", "clahe+sharpen", "regionwise"):
+        widget._method.value = method
+        assert shown(widget.parameters, widget) and not shown(widget._radiance, widget)
+        widget._run_button.clicked()
+        out = viewer.layers[f"photo {method}"]
+        assert out.data.dtype == np.uint8 and out.rgb
+        np.testing.assert_array_equal(out.data, from_float(apply_classical(to_float(image), method), np.uint8))
+        assert out.metadata["method"] == method
+
+    n = len(viewer.layers)
+    widget._method.value = "unsharp"
+    widget.parameters.amount.value = 3.0
+    widget.parameters.radius.value = 2.0
+    widget._run_button.clicked()
+    assert len(viewer.layers) == n
+    expected = from_float(apply_classical(to_float(image), "unsharp", radius=2.0, amount=3.0), np.uint8)
+    np.testing.assert_array_equal(viewer.layers["photo unsharp"].data, expected)
+    assert viewer.layers["photo unsharp"].metadata["parameters"] == {"radius": 2.0, "amount": 3.0}
+    assert_unchanged(layer, before)
+    assert notes.errors() == []
+
+
+def test_classical_widget_keeps_gray_gray(viewer):
+    from napari_refocusgan.core.classical import clahe
+
+    gray = textured_image(11, (40, 48))
+    layer = viewer.add_image(gray, name="gray")
+    widget = dock(viewer, "Classical sharpening")
+    widget._image.value = layer
+    widget._method.value = "clahe"
+    widget.parameters.tile_size.value = 16
+    widget._run_button.clicked()
+    out = viewer.layers["gray clahe"]
+    assert out.data.shape == (40, 48) and not out.rgb
+    np.testing.assert_allclose(out.data, clahe(gray, tile_size=16), atol=1e-6)
+
+
+def test_blur_and_compare_outputs_refocused_and_sigma_layers(viewer, notes):
+    from napari_refocusgan.core.blur_compare import blur_and_compare
+
+    sharp = textured_image(12)
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(sharp, (1.5, 1.5, 0)).astype(np.float32)
+    img = viewer.add_image(blurred, name="blurred", rgb=True)
+    rad = viewer.add_image(sharp, name="sharp", rgb=True)
+    widget = dock(viewer, "Classical sharpening")
+    widget._image.value = img
+    widget._method.value = "blur-and-compare"
+    assert shown(widget._radiance, widget)
+    widget._radiance.value = rad
+    widget.parameters.kernel.value = "gaussian"
+    widget._run_button.clicked()
+    expected = blur_and_compare(blurred, sharp, kernel="gaussian")
+    np.testing.assert_allclose(viewer.layers["blurred blur-and-compare"].data, expected.refocused, atol=1e-6)
+    sigma = viewer.layers["blurred σ defocus map"]
+    np.testing.assert_allclose(sigma.data, expected.sigma)
+    assert np.median(sigma.data) == pytest.approx(1.5, abs=0.25)  # the blur we applied, found again
+    assert sigma.metadata["sigma_max_used"] == pytest.approx(expected.sigma_max)
+    assert notes.errors() == []
+
+
+def test_classical_widget_rejects_stacks_and_mismatched_radiance(viewer, notes):
+    stack = viewer.add_image(np.zeros((2, 3, 16, 16, 3), np.float32), name="stack5d", rgb=True)
+    before = snapshot(stack)
+    widget = dock(viewer, "Classical sharpening")
+    widget._image.value = stack
+    widget._method.value = "sharpen"
+    widget._run_button.clicked()
+    assert any("one 2-D image" in m for m in notes.errors())
+    assert_unchanged(stack, before)
+
+    viewer.layers.remove(stack)
+    plain = viewer.add_image(np.zeros((16, 16), np.float32), name="plain")
+    small = viewer.add_image(np.zeros((8, 8), np.float32), name="small")
+    widget._image.value = plain
+    widget._method.value = "blur-and-compare"
+    widget._radiance.value = small
+    widget._run_button.clicked()
+    assert any("same size" in m for m in notes.errors())
+    assert [lay.name for lay in viewer.layers] == ["plain", "small"]
+
+
+# --------------------------------------------------------------------------------------------- stacking
+
+
+def test_focus_stacking_widget_matches_core(viewer, notes):
+    from napari_refocusgan.core.focalstack import focal_stack
+    from napari_refocusgan.core.focus_stacking import all_in_focus
+    from napari_refocusgan.core.synthetic import render_scene
+
+    scene = render_scene(8, size=(48, 64), n_layers=3, supersample=1)
+    data, slopes, _ = focal_stack(scene.views)
+    layer = viewer.add_image(data, name="stack", rgb=True, metadata={"slopes": slopes.tolist()})
+    before = snapshot(layer)
+    widget = dock(viewer, "Focus stacking")
+    widget._stack.value = layer
+    widget._measures.value = ["sml", "tenengrad"]
+    widget._run_button.clicked()
+    aif, depth = all_in_focus(before[1], measures=["sml", "tenengrad"], rgb=True)
+    np.testing.assert_allclose(viewer.layers["stack all-in-focus"].data, aif, atol=1e-6)
+    depth_layer = viewer.layers["stack depth index"]
+    np.testing.assert_allclose(depth_layer.data, depth, atol=1e-6)
+    assert depth_layer.data.shape == (48, 64) and 0 <= depth_layer.data.min() and depth_layer.data.max() <= 9
+    assert depth_layer.metadata["slopes"] == slopes.tolist()
+    assert depth_layer.metadata["measures"] == ["sml", "tenengrad"]
+    assert_unchanged(layer, before)
+    assert notes.errors() == []
+
+
+def test_focus_stacking_widget_offers_stacks_first(viewer):
+    open_sample(viewer)
+    widget = dock(viewer, "Focus stacking")
+    assert widget._stack.value is viewer.layers[FOCAL_STACK_NAME]
+    assert list(widget._stack.choices)[1:] == [viewer.layers[ALL_IN_FOCUS_NAME], viewer.layers[DISPARITY_NAME]]
+
+
+@pytest.mark.parametrize(
+    ("shape", "rgb", "expected"),
+    [((2, 2, 16, 16, 3), True, "expected a colour"), ((16, 16), False, "expected a gray"), ((1, 16, 16), False, "at least 2 slices")],
+    ids=["5d", "2d", "one-slice"],
+)
+def test_focus_stacking_widget_reports_unsupported_shapes(viewer, notes, shape, rgb, expected):
+    layer = viewer.add_image(np.zeros(shape, np.float32), name="odd", rgb=rgb)
+    before = snapshot(layer)
+    widget = dock(viewer, "Focus stacking")
+    widget._stack.value = layer
+    widget._run_button.clicked()
+    assert any(expected in m for m in notes.errors()), notes.errors()
+    assert len(viewer.layers) == 1
+    assert_unchanged(layer, before)
+
+
+# --------------------------------------------------------------------------------------------- reader
+
+
+def test_reader_opens_a_synthetic_view_folder(viewer, tmp_path):
+    import imageio.v3 as iio
+
+    from napari_refocusgan.core.focalstack import focal_stack
+    from napari_refocusgan.core.synthetic import render_scene
+
+    scene = render_scene(5, size=(24, 32), n_layers=2, supersample=1)
+    views8 = (scene.views * 255).round().astype(np.uint8)
+    folder = tmp_path / "scene"
+    folder.mkdir()
+    for r in range(7):
+        for c in range(7):
+            iio.imwrite(folder / f"scene_{r + 1:02d}_{c + 1:02d}.png", views8[r, c])
+    viewer.open(str(folder), plugin=PLUGIN)
+    stack = viewer.layers["scene focal stack"]
+    expected, slopes, _ = focal_stack(views8.astype(np.float32) / 255)
+    assert stack.rgb and stack.data.shape == (10, 24, 32, 3)
+    np.testing.assert_allclose(stack.data, expected, atol=1e-5)
+    np.testing.assert_allclose(stack.metadata["slopes"], slopes)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "data" / "hci_antinous").is_dir(), reason="needs ../shared/data/hci_antinous")
+def test_reader_opens_hci_antinous_as_a_focal_stack(viewer):
+    viewer.open(str(SHARED / "data" / "hci_antinous"), plugin=PLUGIN)
+    stack = viewer.layers["hci_antinous focal stack"]
+    assert stack.rgb and stack.data.ndim == 4 and stack.data.shape[0] == 10 and stack.data.shape[-1] == 3
+    assert len(stack.metadata["slopes"]) == 10
+    assert "hci_antinous disparity" in viewer.layers
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not (SHARED / "data" / "lytro_stk" / "IMG_0001-stk.lfp").is_file(), reason="needs ../shared Lytro data")
+def test_reader_opens_a_lytro_stack_file(viewer):
+    viewer.open(str(SHARED / "data" / "lytro_stk" / "IMG_0001-stk.lfp"), plugin=PLUGIN)
+    stack = viewer.layers["IMG_0001-stk focal stack"]
+    assert stack.rgb and stack.data.ndim == 4 and stack.data.shape[0] >= 2 and stack.data.dtype == np.float32
+    assert len(stack.metadata["lambdas"]) == stack.data.shape[0]
