@@ -70,8 +70,8 @@ def test_identity_refocus_row_compares_slice_i_with_slice_i_plus_delta():
     assert by_config["{-9,-5,+5,+9}"].items == 12 == len(four)
     assert by_config["{-9,-5,+5,+9}"].psnr == pytest.approx(np.mean(four), abs=1e-9)
     assert by_config["+8"].items == 2
-    # δ = 0 pairs are perfect (infinite PSNR) and are left out of the mean rather than making it infinite
-    assert np.isfinite(by_config["-9..+9"].psnr)
+    # δ = 0 pairs (the input itself) are scored by no row: 90 pairs for the 18 non-zero δ
+    assert by_config["-9..+9 (δ≠0)"].items == 90 and np.isfinite(by_config["-9..+9 (δ≠0)"].psnr)
 
 
 def test_psnr_handles_masks_and_identical_images():

@@ -54,7 +54,7 @@ OUT_OF_FOCUS_SLICES = 2.0
 DELTA_CONFIGS: dict[str, tuple[int, ...]] = {
     "+8": (8,),
     "{-9,-5,+5,+9}": (-9, -5, 5, 9),
-    "-9..+9": tuple(range(-9, 10)),
+    "-9..+9 (δ≠0)": tuple(range(-9, 10)),
 }
 DEFAULT_HCI = Path(__file__).resolve().parents[2] / "shared" / "data" / "hci_antinous"
 HCI_VARIANTS = ("paper", "auto", "half")
@@ -268,7 +268,10 @@ def refocus_rows(
             t0 = time.perf_counter()
             for scene in scenes:
                 n = scene.stack.shape[0]
-                for i, delta in subsample(data.refocus_pairs([float(d) for d in deltas], n), max_pairs):
+                # δ = 0 asks for the input itself: identity scores infinite PSNR there, which would leave
+                # those items out of its mean but not out of the others' — so no row scores them.
+                pairs = data.refocus_pairs([float(d) for d in deltas if d != 0], n)
+                for i, delta in subsample(pairs, max_pairs):
                     j = int(i + delta)
                     out = method(scene, i, int(delta))
                     p.append(psnr(scene.stack[j], out))
