@@ -31,9 +31,9 @@ def _bool(text: str) -> bool:
 
 
 def _radiance(text: str) -> str:
-    if text == "true" or (text.startswith("g1:") and len(text) > 3):
+    if text == "true" or (text.startswith(("g1:", "mix:")) and len(text.partition(":")[2]) > 0):
         return text
-    raise argparse.ArgumentTypeError("expected 'true' or 'g1:PATH' (an exported G1 .safetensors)")
+    raise argparse.ArgumentTypeError("expected 'true', 'g1:PATH' or 'mix:PATH' (PATH: an exported G1 .safetensors)")
 
 
 # CLI option → TrainConfig field, for the plain overrides
@@ -50,6 +50,7 @@ _OVERRIDES = [
     ("--perceptual-weight", float, "weight of the content term (paper 100)"),
     ("--pixel-weight", float, "weight of an extra pixel MSE term (DeblurGAN-v2 used 0.5)"),
     ("--lr", float, "Adam learning rate (paper 1e-4)"),
+    ("--tail-init-std", float, "std of the generator's last conv at the start (default 0: exact identity)"),
     ("--scene-size", int, "synthetic scene size in pixels"),
     ("--train-scenes", int, "number of training scenes"),
     ("--val-scenes", int, "number of validation scenes"),
@@ -80,7 +81,8 @@ def _add_train(sub) -> None:
                    help="δ set: 8 (δ=+8), 4 ({−9,−5,+5,+9}), 19 (−9..+9), continuous")  # fmt: skip
     p.add_argument("--single-stage", action="store_const", const=True, help="G2 without the radiance input")
     p.add_argument("--radiance", type=_radiance,
-                   help="G2's radiance input: true (centre view) or g1:PATH (an exported G1 .safetensors)")  # fmt: skip
+                   help="G2's radiance input: true (centre view), g1:PATH (an exported G1 .safetensors, as at "
+                        "inference) or mix:PATH (either, at random per item)")  # fmt: skip
     p.add_argument("--no-sml", action="store_const", const=True, help="G1 without the SML focus channel")
     p.add_argument("--channels-last", type=_bool, metavar="BOOL", help="channels_last memory format")
     p.add_argument("--bf16", type=_bool, metavar="BOOL", help="bf16 autocast")
@@ -115,8 +117,9 @@ def _config_from_args(args) -> TrainConfig:
         del fields["name"], fields["task"]
         return get_config(saved.name, saved.task, **fields)
     cfg = get_config(args.config, args.task, **overrides)
-    if cfg.radiance.startswith("g1:") and not Path(cfg.radiance[3:]).is_file():
-        raise RefocusError(f"--radiance {cfg.radiance}: no G1 weights or checkpoint at {cfg.radiance[3:]}")
+    g1_path = cfg.radiance.partition(":")[2]
+    if cfg.radiance != "true" and not Path(g1_path).is_file():
+        raise RefocusError(f"--radiance {cfg.radiance}: no G1 weights or checkpoint at {g1_path}")
     return cfg
 
 

@@ -52,7 +52,9 @@ class TrainConfig:
     refocus_deltas: str = "19"  # key of REFOCUS_DELTAS
     no_sml: bool = False  # G1 without the focus channel (Table 1 ablation)
     single_stage: bool = False  # G2 without the radiance input (Table 2 ablation)
-    radiance: str = "true"  # G2's radiance input: "true" (centre view) or "g1:PATH" (a G1's output)
+    # G2's radiance input: "true" (centre view), "g1:PATH" (a G1's output, as at inference) or "mix:PATH"
+    # (either, at random per item: G2 learns to use a sharp radiance and not to rely on one)
+    radiance: str = "true"
     data_paths: list[str] = field(default_factory=list)
     test_scenes: int = 16
     cache_dir: str = "runs/cache"  # rendered scenes, reused across runs
@@ -70,6 +72,10 @@ class TrainConfig:
     perceptual_weight: float = 100.0
     pixel_weight: float = 0.0  # DeblurGAN-v2 mixed 0.5·MSE into the content loss
     vgg_weights: str | None = None
+
+    # the generator's last conv starts at zero (an exact identity); a small N(0, std) start instead gives
+    # the layers before it a gradient from the first step
+    tail_init_std: float = 0.0
 
     # optimiser: Adam, constant lr for the first half, then linear decay to 0
     lr: float = 1e-4
@@ -125,8 +131,8 @@ class TrainConfig:
             raise RefocusError(f"crop must be a multiple of 4 and at least 16 pixels, got {self.crop}")
         if self.crop > self.scene_size:
             raise RefocusError(f"crop {self.crop} is larger than the scenes ({self.scene_size})")
-        if self.radiance != "true" and not self.radiance.startswith("g1:"):
-            raise RefocusError(f"--radiance must be 'true' or 'g1:PATH', got {self.radiance!r}")
+        if self.radiance != "true" and not self.radiance.startswith(("g1:", "mix:")):
+            raise RefocusError(f"--radiance must be 'true', 'g1:PATH' or 'mix:PATH', got {self.radiance!r}")
         for name in ("batch_size", "critic_steps", "log_every", "val_every", "ckpt_every"):
             if getattr(self, name) < 1 and not (name == "critic_steps" and self.adv_weight == 0):
                 raise RefocusError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -536,7 +536,7 @@ class FocalStackPairs(Dataset):
             target = render_slice(views, float(slopes[0] + j * STACK.slope_step), (y0, y1, x0, x1))
         parts = [image[y0:y1, x0:x1]]
         if not self.single_stage:
-            parts.append(self._radiance(scene, i, image)[y0:y1, x0:x1])
+            parts.append(self._radiance(scene, i, image, rng)[y0:y1, x0:x1])
         item = {
             "input": to_signed(np.concatenate(parts, axis=-1)),
             "target": to_signed(target),
@@ -544,15 +544,16 @@ class FocalStackPairs(Dataset):
         }
         return self._flip(item, rng)
 
-    def _radiance(self, scene: CachedScene, i: int, image: np.ndarray) -> np.ndarray:
-        if self.radiance_source in ("true", "", None):
+    def _radiance(self, scene: CachedScene, i: int, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        source = self.radiance_source or "true"
+        if source == "true" or (source.startswith("mix:") and rng.random() < 0.5):
             return scene.centre
-        # "g1:PATH": the deblurring network's output on this (degraded) input, as at inference
+        # "g1:PATH" (or the other half of "mix:PATH"): the deblurring network's output on this (degraded)
+        # input, as at inference
         if self._g1 is None:
             from napari_refocusgan.core.weights import load_generator
 
-            path = self.radiance_source[3:] if self.radiance_source.startswith("g1:") else self.radiance_source
-            self._g1 = load_generator(path)
+            self._g1 = load_generator(source.partition(":")[2] if ":" in source else source)
         from napari_refocusgan.core.inference import deblur
 
         return np.asarray(deblur(image, self._g1), dtype=np.float32)

@@ -575,12 +575,11 @@ class _Stop(Exception):
     """Ends a statistics pass at the InstanceNorm being measured; the rest of the stage is not needed."""
 
 
-def _stages(generator: Generator, x: torch.Tensor, delta_map: torch.Tensor | None):
+def _stages(generator: Generator, x: torch.Tensor, delta_map: torch.Tensor | None, modulations: list | None):
     """The generator's forward split at the bottleneck, as (run(tile, cached input) → output, modules whose
     InstanceNorms it runs, in order): the encoder (head, down, δ fusion), each residual block, and the
-    decoder (up, tail, focus gate, residual and clamp). Together they compute exactly
-    :meth:`Generator.forward` (the tiled-vs-untiled tests hold them to it)."""
-    cfg = generator.cfg
+    decoder (up, then :meth:`Generator.output`). Together they compute exactly :meth:`Generator.forward`
+    (the tiled-vs-untiled tests hold them to it)."""
 
     def window(tile, device) -> torch.Tensor:
         r, c = tile
@@ -595,19 +594,16 @@ def _stages(generator: Generator, x: torch.Tensor, delta_map: torch.Tensor | Non
             y = generator.fuse(torch.cat([y, crop.to(y.dtype)], dim=1))
         return y
 
-    def block(module):
-        return lambda tile, y, device: module(y)
+    def block(k):
+        module, modulation = generator.blocks[k], None if modulations is None else modulations[k]
+        return lambda tile, y, device: module(y, modulation)
 
     def decode(tile, y, device):
-        xw = window(tile, device)
-        residual = generator.tail(generator.up(y))
-        if cfg.focus_gate:
-            residual = residual * torch.sigmoid(generator.gate_scale * (generator.gate_shift - xw[:, 3:4]))
-        return torch.clamp(xw[:, :3] + residual, -1, 1)
+        return generator.output(window(tile, device), generator.up(y))
 
     return (
         [(encode, [generator.head, generator.down])]
-        + [(block(b), [b]) for b in generator.blocks]
+        + [(block(k), [b]) for k, b in enumerate(generator.blocks)]
         + [(decode, [generator.up])]
     )
 
@@ -624,14 +620,16 @@ def _tiled_forward(generator, x, delta, tile, settings, device, autocast, tracke
     hp, wp = x.shape[-2:]
     margin = settings.margin_for(generator.cfg)
     tiles = [(r, c) for r in _axis_plan(hp, tile, margin) for c in _axis_plan(wp, tile, margin)]
-    delta_map = None
+    delta_map = modulations = None
     if generator.cfg.delta_mode != "none":
         # the whole image's δ map, cropped per tile (run whole, the network resizes it to the image)
-        delta_map = generator.delta(torch.tensor([float(delta)], device=device), (hp // 4, wp // 4))
+        delta_t = torch.tensor([float(delta)], device=device)
+        delta_map = generator.delta(delta_t, (hp // 4, wp // 4))
+        modulations = generator.block_modulations(delta_t)
     norms = [m for m in generator.modules() if isinstance(m, InstanceNorm)]
     cache: list[torch.Tensor | None] = [None] * len(tiles)
     out = torch.zeros((3, hp, wp), dtype=torch.float32)
-    stages = _stages(generator, x, delta_map)
+    stages = _stages(generator, x, delta_map, modulations)
 
     def run(fn, i):
         cached = cache[i] if cache[i] is None else cache[i].to(device, non_blocking=True)

@@ -2,7 +2,11 @@
 and by training.
 
 Images enter and leave in [-1, 1]. G1 (deblur) takes RGB + SML focus channel; G2 (refocus) takes
-RGB + radiance and a refocus parameter δ, injected at the bottleneck.
+RGB + radiance and a refocus parameter δ, injected at the bottleneck (the paper's δ map) and, with
+``delta_modulation``, as a per-channel scale and shift after each residual block's first InstanceNorm.
+InstanceNorm removes any spatially constant signal, so a δ that only enters by concatenation reaches the
+decoder solely through the map's learned spatial pattern; a G2 built that way stayed at the identity for
+4000 steps. Modulating after the norm (conditional instance normalisation) carries δ past every norm.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ class GeneratorConfig:
     deltas: tuple[float, ...] = field(default_factory=tuple)
     # gate the residual by the SML channel (G1): sharp pixels get less correction
     focus_gate: bool = False
+    # δ also scales and shifts each residual block's first InstanceNorm output (see the module docstring).
+    # False in configs saved before it existed, so their weights still load.
+    delta_modulation: bool = False
+    # G2 with a radiance input: out = rgb + m·(radiance − rgb) + residual, with a per-pixel blend m ∈ (−1, 1)
+    # from the decoder. The decoder has no full-resolution skip, so fine detail is hard for it to
+    # synthesise; m only has to follow depth and δ, which vary slowly, and the detail comes from the
+    # radiance. m = 1 focuses a pixel fully, m < 0 blurs it further (extrapolates away from the radiance).
+    radiance_blend: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -85,8 +97,12 @@ class ResnetBlock(nn.Module):
         layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), InstanceNorm()]
         self.block = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
+    def forward(self, x: torch.Tensor, modulation: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if modulation is None:
+            return x + self.block(x)
+        scale, shift = modulation  # (N, C, 1, 1) each, after the first norm and before its ReLU
+        h = self.block[:3](x)
+        return x + self.block[3:](h * (1 + scale) + shift)
 
 
 class DeltaEmbedding(nn.Module):
@@ -121,6 +137,23 @@ class DeltaEmbedding(nn.Module):
         return m
 
 
+class DeltaModulation(nn.Module):
+    """δ → a (scale, shift) pair of (N, C, 1, 1) tensors for each residual block. PyTorch's default Linear
+    initialisation on purpose: δ must shape the features from the first step, or the zero-initialised
+    last layer sees no δ in them and its gradient averages out over near and far targets."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.channels, self.n_blocks = 4 * cfg.ngf, cfg.n_blocks
+        n_in = len(cfg.deltas) if cfg.delta_mode == "onehot" else 1
+        self.net = nn.Sequential(nn.Linear(n_in, 64), nn.ReLU(True), nn.Linear(64, 2 * self.channels * self.n_blocks))
+
+    def forward(self, encoded_delta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``encoded_delta``: :meth:`DeltaEmbedding.encode`'s (N, K) output."""
+        params = self.net(encoded_delta).view(-1, self.n_blocks, 2, self.channels, 1, 1)
+        return [(params[:, k, 0], params[:, k, 1]) for k in range(self.n_blocks)]
+
+
 class Generator(nn.Module):
     """ResNet generator with a global residual: out = clamp(rgb + residual, -1, 1).
 
@@ -142,12 +175,18 @@ class Generator(nn.Module):
         if cfg.delta_mode != "none":
             self.delta = DeltaEmbedding(cfg)
             self.fuse = nn.Conv2d(4 * ngf + 1, 4 * ngf, 1)  # bring the concatenated δ channel into the blocks
+            if cfg.delta_modulation:
+                self.modulation = DeltaModulation(cfg)
         self.blocks = nn.Sequential(*[ResnetBlock(4 * ngf, cfg.dropout) for _ in range(cfg.n_blocks)])
         self.up = nn.Sequential(
             nn.ConvTranspose2d(4 * ngf, 2 * ngf, 3, stride=2, padding=1, output_padding=1), InstanceNorm(), nn.ReLU(True),
             nn.ConvTranspose2d(2 * ngf, ngf, 3, stride=2, padding=1, output_padding=1), InstanceNorm(), nn.ReLU(True),
         )  # fmt: skip
         self.tail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh())
+        if cfg.radiance_blend:
+            if cfg.in_channels != 6:
+                raise ValueError("radiance_blend needs the radiance as input channels 3..5 (in_channels=6)")
+            self.blend = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, 1, 7), nn.Tanh())
         if cfg.focus_gate:
             # gate = sigmoid(scale · (shift − focus)): ≈1 on blurred pixels, smaller on sharp ones; learned.
             self.gate_scale = nn.Parameter(torch.tensor(2.0))
@@ -156,18 +195,38 @@ class Generator(nn.Module):
         # Start as the identity (zero residual): a random N(0, 0.02) tail makes residuals of ~0.25 that
         # take many steps to unlearn and wreck in-focus pixels meanwhile. Gradients still reach the tail.
         nn.init.zeros_(self.tail[1].weight)
+        if cfg.radiance_blend:
+            nn.init.zeros_(self.blend[1].weight)
+
+    def block_modulations(self, delta: torch.Tensor) -> list | None:
+        """Each residual block's (scale, shift) for ``delta`` (N,), or None without δ modulation."""
+        if not self.cfg.delta_modulation:
+            return None
+        return self.modulation(self.delta.encode(delta))
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
         y = self.down(self.head(x))
+        modulations = None
         if self.cfg.delta_mode != "none":
             if delta is None:
                 raise ValueError("this generator needs a δ value")
             delta = torch.as_tensor(delta, dtype=y.dtype, device=y.device).reshape(-1).expand(y.shape[0])
             y = self.fuse(torch.cat([y, self.delta(delta, y.shape[-2:])], dim=1))
-        residual = self.tail(self.up(self.blocks(y)))
+            modulations = self.block_modulations(delta)
+        for k, block in enumerate(self.blocks):
+            y = block(y, None if modulations is None else modulations[k])
+        return self.output(x, self.up(y))
+
+    def output(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The last layers: decoder ``features`` (N, ngf, H, W) and the input ``x`` → the image. Tiled
+        inference calls this too, so that both paths share one definition."""
+        residual = self.tail(features)
         if self.cfg.focus_gate:
             residual = residual * torch.sigmoid(self.gate_scale * (self.gate_shift - x[:, 3:4]))
-        return torch.clamp(x[:, :3] + residual, -1, 1)
+        rgb = x[:, :3]
+        if self.cfg.radiance_blend:
+            residual = residual + self.blend(features) * (x[:, 3:6] - rgb)
+        return torch.clamp(rgb + residual, -1, 1)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -184,5 +243,9 @@ def deblur_config(**overrides) -> GeneratorConfig:
 
 
 def refocus_config(deltas=tuple(range(-9, 10)), mode: DeltaMode = "continuous", **overrides) -> GeneratorConfig:
-    """G2: RGB + radiance with δ. Default: continuous δ trained on −9..+9."""
-    return GeneratorConfig(**{"in_channels": 6, "delta_mode": mode, "deltas": tuple(float(d) for d in deltas), **overrides})
+    """G2: RGB + radiance with δ. Default: continuous δ trained on −9..+9, δ-modulated blocks and, with a
+    radiance input, the radiance blend."""
+    settings = {"in_channels": 6, "delta_mode": mode, "deltas": tuple(float(d) for d in deltas), "delta_modulation": True}
+    settings.update(overrides)
+    settings.setdefault("radiance_blend", settings["in_channels"] == 6)
+    return GeneratorConfig(**settings)

@@ -1,0 +1,87 @@
+"""The generators themselves: identity start, δ conditioning that survives InstanceNorm, old configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_refocusgan.core.networks import Generator, GeneratorConfig, deblur_config, refocus_config
+
+
+def _batch(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 6, size, size), generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("cfg", [deblur_config(ngf=4, n_blocks=1), refocus_config(ngf=4, n_blocks=1)])
+def test_a_fresh_generator_is_the_identity(cfg):
+    torch.manual_seed(0)
+    model = Generator(cfg).eval()
+    x = _batch()[:, : cfg.in_channels]
+    delta = None if cfg.delta_mode == "none" else torch.full((4,), 3.0)
+    with torch.no_grad():
+        assert torch.equal(model(x, delta), x[:, :3].clamp(-1, 1))
+
+
+def test_a_spatially_constant_delta_map_barely_passes_instance_norm_but_modulation_does():
+    # Why G2 modulates its blocks: a δ that enters only as a constant map is removed by the next
+    # InstanceNorm, except for what the transposed convs' stride pattern lets through.
+    gaps = {}
+    for modulation in (False, True):
+        torch.manual_seed(0)
+        model = Generator(refocus_config(ngf=4, n_blocks=1, delta_modulation=modulation)).eval()
+        torch.nn.init.normal_(model.tail[1].weight, 0, 0.02)  # a trained-looking tail
+        last = model.delta.net[-1]
+        with torch.no_grad():  # every position of the δ map gets the same value, which still depends on δ
+            last.weight[:] = last.weight[0:1].clone()
+            last.bias[:] = last.bias[0].clone()
+            x = _batch(1)
+            gaps[modulation] = float((model(x, torch.tensor([-9.0])) - model(x, torch.tensor([9.0]))).abs().mean())
+    assert gaps[True] > 0.01
+    assert gaps[False] < 0.02 * gaps[True], gaps
+
+
+def test_g2_learns_a_target_that_depends_on_the_sign_of_delta():
+    # δ < 0: keep the image; δ > 0: blur it. No δ-blind network can get both: the best it can do is an
+    # L1 of half the blur's change. The conditioned G2 must get well below that on a fixed batch.
+    torch.manual_seed(0)
+    model = Generator(refocus_config(ngf=8, n_blocks=1, dropout=0.0))
+    x = _batch(4, seed=1)
+    x = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)  # smoother: blur is learnable
+    blurred = F.avg_pool2d(x[:, :3], 5, stride=1, padding=2, count_include_pad=False)
+    delta = torch.tensor([-9.0, 9.0, -9.0, 9.0])
+    target = torch.where((delta > 0).view(-1, 1, 1, 1), blurred, x[:, :3])
+    blind_floor = 0.5 * (blurred - x[:, :3]).abs().mean()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = (model(x, delta) - target).abs().mean()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * float(blind_floor), (float(loss), float(blind_floor))
+
+
+def test_configs_saved_before_delta_modulation_load_without_it():
+    old = refocus_config(ngf=4, n_blocks=1).to_dict()
+    del old["delta_modulation"]
+    cfg = GeneratorConfig.from_dict(old)
+    assert not cfg.delta_modulation
+    assert not hasattr(Generator(cfg), "modulation")
+
+
+def test_radiance_blend_of_one_returns_the_radiance_and_of_minus_one_extrapolates():
+    torch.manual_seed(0)
+    model = Generator(refocus_config(ngf=4, n_blocks=1)).eval()
+    assert model.cfg.radiance_blend
+    x = _batch(2) * 0.3  # 2·rgb − radiance stays inside (−1, 1): nothing clamps
+    for bias, expected in ((20.0, x[:, 3:6]), (-20.0, 2 * x[:, :3] - x[:, 3:6])):
+        torch.nn.init.constant_(model.blend[1].bias, bias)  # tanh(±20) = ±1 everywhere
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, torch.tensor([2.0, -2.0])), expected, atol=1e-6, rtol=0)
+
+
+def test_single_stage_g2_has_no_radiance_blend():
+    assert not refocus_config(in_channels=3).radiance_blend
+    with pytest.raises(ValueError, match="radiance"):
+        Generator(GeneratorConfig(in_channels=3, delta_mode="continuous", deltas=(-9.0, 9.0), radiance_blend=True))
