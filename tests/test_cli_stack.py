@@ -3,18 +3,83 @@
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage
 
 from napari_refocusgan.cli import main
+from napari_refocusgan.core.focalstack import StackConfig
+from napari_refocusgan.core.focus import SMLParams, sml
 from napari_refocusgan.core.imaging import write_image
 
 
-def test_sml_command(tmp_path, capsys):
+def test_sml_command_writes_the_core_sml(tmp_path, capsys):
     img = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
     write_image(tmp_path / "in.png", img)
-    assert main(["sml", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.tif")]) == 0
+    assert main(["sml", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.tif"), "--window", "5"]) == 0
     out = tifffile.imread(tmp_path / "out.tif")
-    assert out.shape == (20, 24) and out.dtype == np.float32 and out.max() > 0
+    assert out.shape == (20, 24) and out.dtype == np.float32
+    np.testing.assert_allclose(out, sml(img, SMLParams(window=5)), rtol=1e-5, atol=1e-7)
     assert "wrote" in capsys.readouterr().out
+
+
+def write_plane_folder(folder, d: float, n: int = 7, size: int = 40):
+    """NAME_RR_CC views of a textured plane that moves d px per view: sharpest at slope d."""
+    rng = np.random.default_rng(3)
+    spectrum = np.fft.fft2(ndimage.gaussian_filter(rng.random((size, size)), 1.5, mode="wrap"))
+    folder.mkdir()
+    for r in range(n):
+        for c in range(n):
+            shift = (d * (r - (n - 1) / 2), d * (c - (n - 1) / 2))
+            view = np.real(np.fft.ifft2(ndimage.fourier_shift(spectrum, shift)))
+            write_image(folder / f"plane_{r + 1:02d}_{c + 1:02d}.png", (np.clip(view, 0, 1) * 255).round().astype(np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("d", [-0.9, 0.35])
+def test_focal_stack_command_puts_a_plane_in_focus_at_its_disparity(tmp_path, capsys, d):
+    folder = write_plane_folder(tmp_path / "views", d)
+    out = tmp_path / "stack.tif"
+    assert main(["focal-stack", str(folder), "-o", str(out), "--keep", "all"]) == 0
+    stack = tifffile.imread(out)
+    assert stack.shape == (30, 40, 40, 3) and stack.dtype == np.float32
+    slopes = StackConfig(keep=None).slopes()
+    focus = sml(stack)[:, 8:-8, 8:-8].mean(axis=(1, 2))
+    assert slopes[int(np.argmax(focus))] == pytest.approx(slopes[np.argmin(np.abs(slopes - d))])
+    assert "30 slices" in capsys.readouterr().out
+
+
+def test_focal_stack_command_paper_window_and_auto(tmp_path, capsys):
+    folder = write_plane_folder(tmp_path / "views", 1.2)
+    assert main(["focal-stack", str(folder), "-o", str(tmp_path / "paper.tif")]) == 0
+    assert tifffile.imread(tmp_path / "paper.tif").shape[0] == 10
+    assert main(["focal-stack", str(folder), "-o", str(tmp_path / "auto.tif"), "--keep", "auto"]) == 0
+    auto = tifffile.imread(tmp_path / "auto.tif")
+    # the plane at +1.2 px/view lies outside the paper's window (−0.98…−0.05): auto moves the window to it
+    assert auto.shape[0] == 10
+    printed = capsys.readouterr().out.splitlines()[-1]
+    first, last = (float(v) for v in printed.split("slopes ")[1].split(" px")[0].split(".."))
+    assert first <= 1.2 <= last + 1e-6
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["focal-stack", "{tmp}/missing", "-o", "{tmp}/o.tif"], "does not exist"),
+        (["focal-stack", "{tmp}/empty", "-o", "{tmp}/o.tif"], "empty"),
+        (["focal-stack", "{tmp}/cut.lfp", "-o", "{tmp}/o.tif"], "LFP"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--views", "0"], "views"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--keep", "12:3"], "keep"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--device", "tpu"], "device"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/afile/o.tif", "--views", "3"], "afile"),
+    ],
+)
+def test_focal_stack_bad_input_exits_nonzero_with_message(tmp_path, capsys, argv, message):
+    write_plane_folder(tmp_path / "views", 0.5, n=3, size=16)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "cut.lfp").write_bytes(b"\x89LF")
+    (tmp_path / "afile").write_text("a file, not a folder")
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message.lower() in err.lower() and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize(
@@ -35,10 +100,18 @@ def test_bad_input_exits_nonzero_with_message(tmp_path, capsys, argv, message):
     assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_demo_writes_the_pipeline_outputs(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+def test_demo_writes_every_pipeline_stage(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
     stack = tifffile.imread(tmp_path / "demo" / "focal_stack.tif")
     assert stack.shape[0] == 10 and stack.shape[-1] == 3
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "demo" / "sml.tif"), sml(stack), rtol=1e-5, atol=1e-7)
     printed = capsys.readouterr().out
-    for name in ("focal_stack.tif", "sml.tif", "centre_view.png", "disparity.tif"):
+    stages = ("focal_stack.tif", "sml.tif", "centre_view.png", "disparity.tif", "input_slice.png", "radiance.png",
+              "refocus_delta-4.png", "refocus_delta+5.png")  # fmt: skip
+    for name in stages:
         assert (tmp_path / "demo" / name).exists() and name in printed
+    for name in stages[4:]:
+        assert iio.imread(tmp_path / "demo" / name).shape == stack.shape[1:]
+    assert printed.count(" dB") == 6  # each network output against its ground truth, and the identity

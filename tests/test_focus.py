@@ -66,6 +66,12 @@ def test_tiny_and_bad_inputs():
         sml(_texture(), SMLParams(window=4))
     with pytest.raises(RefocusError):
         sml_torch(torch.zeros(1, 1, 4, 4), SMLParams(step=0))
+    for threshold in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(RefocusError, match="threshold"):
+            sml(_texture(), SMLParams(threshold=threshold))
+    with pytest.raises(RefocusError, match="ambiguous"):
+        sml(np.zeros((6, 8, 2), np.float32))
+    assert sml(np.zeros((6, 8, 2), np.float32), rgb=False).shape == (6, 8, 2)  # said explicitly: a stack
 
 
 def test_input_not_modified():

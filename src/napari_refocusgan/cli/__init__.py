@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"refocusgan {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # unwritable output, a file where a folder should be, a full disk
+        print(f"refocusgan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except MemoryError:
         print(f"refocusgan {args.command}: error: out of memory; try a smaller --tile or image", file=sys.stderr)
         return 3

@@ -5,6 +5,8 @@ One torch implementation serves the widget, the CLI, inference (G1's fourth chan
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +31,8 @@ class SMLParams:
             raise RefocusError(f"SML step must be ≥ 1, got {self.step}.")
         if self.window < 1 or self.window % 2 == 0:
             raise RefocusError(f"SML window must be a positive odd number, got {self.window}.")
-        if self.threshold < 0:
-            raise RefocusError(f"SML threshold must be ≥ 0, got {self.threshold}.")
+        if not math.isfinite(self.threshold) or self.threshold < 0:
+            raise RefocusError(f"SML threshold must be a finite number ≥ 0, got {self.threshold}.")
 
 
 def _gray_torch(x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +91,12 @@ def sml(
     """
     arr = np.asarray(image)
     if rgb is None:
+        if arr.ndim == 3 and arr.shape[-1] == 2:
+            # gray + alpha, or a stack of 2-pixel-wide images? Guessing either silently gives wrong maps.
+            raise RefocusError(
+                f"an image of shape {arr.shape} is ambiguous (gray + alpha, or a stack of {arr.shape[0]} images "
+                "2 pixels wide); convert it to gray or RGB first."
+            )
         rgb = arr.ndim >= 3 and arr.shape[-1] in (3, 4)
     spatial_ndim = 3 if rgb else 2
     if arr.ndim < spatial_ndim:
