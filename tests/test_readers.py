@@ -650,9 +650,11 @@ def test_reader_small_grid_eslf_and_lfp_depth_scaling(tmp_path, scene8):
     path = tmp_path / "IMG-stk.lfp"
     path.write_bytes(engine1_lfp(np.ones((4, 4), np.float32)))
     layers = read_lightfield_layers(path)
-    assert [m["name"] for _, m, _ in layers] == ["IMG-stk focal stack", "IMG-stk depth"]
+    names = ["IMG-stk focal stack", "IMG-stk default-focus slice (λ = +0.50)", "IMG-stk depth"]
+    assert [m["name"] for _, m, _ in layers] == names
     assert layers[0][1]["metadata"]["lambdas"] == [-1.0, 0.5, 2.0]
-    depth_meta = layers[1][1]
+    np.testing.assert_array_equal(layers[1][0], layers[0][0][1])  # the slice nearest λ = 0
+    depth_meta = layers[2][1]
     assert depth_meta["scale"] == (8.0, 12.0)  # 4×4 LUT over a 32×48 image
     for data, meta, _ in layers:
         napari.layers.Image(data, **meta)

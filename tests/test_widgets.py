@@ -837,3 +837,4 @@ def test_reader_opens_a_lytro_stack_file(viewer):
     stack = viewer.layers["IMG_0001-stk focal stack"]
     assert stack.rgb and stack.data.ndim == 4 and stack.data.shape[0] >= 2 and stack.data.dtype == np.float32
     assert len(stack.metadata["lambdas"]) == stack.data.shape[0]
+    assert any(name.startswith("IMG_0001-stk default-focus slice") for name in [layer.name for layer in viewer.layers])

@@ -67,6 +67,13 @@ def lightfield_layers(lf: LightField) -> list[LayerDataTuple]:
         if isinstance(lf.metadata.get("all_in_focus"), np.ndarray):
             reference = lf.metadata["all_in_focus"]
             reference_name = f"{stem} all-in-focus view"
+        elif stack is not None and lf.stack_labels:
+            # Engine-1 stacks hold no all-in-focus view: the camera's default-focus slice is the reference
+            default = lf.metadata.get("default_lambda")
+            default = 0.0 if default is None else float(default)
+            k = int(np.argmin([abs(float(v) - default) for v in lf.stack_labels]))
+            reference = np.ascontiguousarray(stack[k], dtype=np.float32)
+            reference_name = f"{stem} default-focus slice (λ = {float(lf.stack_labels[k]):+.2f})"
     if stack is not None:
         layers.append(
             (
