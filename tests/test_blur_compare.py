@@ -183,10 +183,17 @@ def test_integer_inputs_are_scaled_and_inputs_untouched():
         (dict(radiance=np.zeros((16, 20, 3))), "same size"),
         (dict(image=np.zeros((2, 16, 16, 3))), "shape"),
         (dict(radii=[1.0]), "two"),
-        (dict(radii=[0.0, -1.0]), "≥ 0"),
+        (dict(radii=[0.0, -1.0]), "0…32"),
+        (dict(radii=[0.0, 1e6]), "0…32"),  # would build a 2-million-pixel kernel
+        (dict(radii="0,1,2"), "numbers"),
+        (dict(radii=list(range(600))), "at most"),
+        (dict(radiance=np.full((16, 16, 3), np.nan)), "NaN"),
+        (dict(radiance=np.zeros((0, 16, 3))), "empty"),
         (dict(patch=4), "odd"),
         (dict(kernel="box"), "kernel"),
         (dict(sigma_max=-1.0), "sigma_max"),
+        (dict(sigma_max=1e9), "sigma_max"),
+        (dict(sigma_max="2"), "sigma_max"),
     ],
 )
 def test_bad_inputs_raise_refocus_error(kwargs, match):

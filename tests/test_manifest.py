@@ -33,7 +33,7 @@ def test_manifest_contributions():
     commands = {c.id: c for c in manifest.contributions.commands}
     assert all(cid.startswith(f"{PLUGIN}.") for cid in commands)
     widgets = {w.display_name: w.command for w in manifest.contributions.widgets}
-    assert set(widgets) == {"Focus measure (SML)", "Deblur (radiance)", "Refocus", "Classical sharpening", "Focus stacking"}
+    assert set(widgets) == {"Focus measure (SML)", "Deblur (radiance)", "Refocus", "Classical", "Focus stacking"}
     assert all(3 <= len(name) <= 90 for name in widgets)
     assert all(command in commands for command in widgets.values())
 

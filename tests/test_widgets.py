@@ -660,7 +660,7 @@ def test_classical_widget_methods_match_core(viewer, notes):
     image = (textured_image(10) * 255).round().astype(np.uint8)
     layer = viewer.add_image(image, name="photo", rgb=True)
     before = snapshot(layer)
-    widget = dock(viewer, "Classical sharpening")
+    widget = dock(viewer, "Classical")
     widget._image.value = layer
     for method in ("sharpen", "unsharp", "clahe", "clahe+sharpen", "regionwise"):
         widget._method.value = method
@@ -689,7 +689,7 @@ def test_classical_widget_keeps_gray_gray(viewer):
 
     gray = textured_image(11, (40, 48))
     layer = viewer.add_image(gray, name="gray")
-    widget = dock(viewer, "Classical sharpening")
+    widget = dock(viewer, "Classical")
     widget._image.value = layer
     widget._method.value = "clahe"
     widget.parameters.tile_size.value = 16
@@ -708,7 +708,7 @@ def test_blur_and_compare_outputs_refocused_and_sigma_layers(viewer, notes):
     blurred = ndimage.gaussian_filter(sharp, (1.5, 1.5, 0)).astype(np.float32)
     img = viewer.add_image(blurred, name="blurred", rgb=True)
     rad = viewer.add_image(sharp, name="sharp", rgb=True)
-    widget = dock(viewer, "Classical sharpening")
+    widget = dock(viewer, "Classical")
     widget._image.value = img
     widget._method.value = "blur-and-compare"
     assert shown(widget._radiance, widget)
@@ -727,7 +727,7 @@ def test_blur_and_compare_outputs_refocused_and_sigma_layers(viewer, notes):
 def test_classical_widget_rejects_stacks_and_mismatched_radiance(viewer, notes):
     stack = viewer.add_image(np.zeros((2, 3, 16, 16, 3), np.float32), name="stack5d", rgb=True)
     before = snapshot(stack)
-    widget = dock(viewer, "Classical sharpening")
+    widget = dock(viewer, "Classical")
     widget._image.value = stack
     widget._method.value = "sharpen"
     widget._run_button.clicked()
@@ -743,6 +743,53 @@ def test_classical_widget_rejects_stacks_and_mismatched_radiance(viewer, notes):
     widget._run_button.clicked()
     assert any("same size" in m for m in notes.errors())
     assert [lay.name for lay in viewer.layers] == ["plain", "small"]
+
+
+def test_classical_widget_bad_layers_are_notifications_and_uint16_stays_uint16(viewer, notes):
+    from napari_refocusgan.core.classical import apply_classical
+    from napari_refocusgan.core.imaging import from_float, to_float
+
+    widget = dock(viewer, "Classical")
+    widget._method.value = "unsharp"
+    nan = viewer.add_image(np.full((16, 16), np.nan, np.float32), name="nan")
+    before = snapshot(nan)
+    widget._image.value = nan
+    widget._run_button.clicked()
+    assert any("NaN" in m for m in notes.errors()) and "nan unsharp" not in viewer.layers
+    assert_unchanged(nan, before)
+
+    tiny = viewer.add_image(np.full((1, 1), 0.5, np.float32), name="tiny")
+    widget._image.value = tiny
+    widget._run_button.clicked()
+    assert viewer.layers["tiny unsharp"].data.shape == (1, 1)
+
+    image16 = (textured_image(13, (24, 32, 3)) * 65535).round().astype(np.uint16)
+    deep = viewer.add_image(image16, name="deep", rgb=True)
+    widget._image.value = deep
+    widget._run_button.clicked()
+    out = viewer.layers["deep unsharp"].data
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, from_float(apply_classical(to_float(image16), "unsharp"), np.uint16))
+
+
+def test_blur_and_compare_radii_field(viewer, notes):
+    from napari_refocusgan.core.blur_compare import blur_and_compare
+
+    sharp = textured_image(14, (32, 32, 3))
+    img = viewer.add_image(sharp, name="img", rgb=True)
+    widget = dock(viewer, "Classical")
+    widget._image.value = img
+    widget._method.value = "blur-and-compare"
+    widget._radiance.value = img
+    widget.parameters.radii.value = "0:2:0.5"
+    widget._run_button.clicked()
+    expected = blur_and_compare(sharp, sharp, radii=[0, 0.5, 1, 1.5, 2])
+    np.testing.assert_allclose(viewer.layers["img blur-and-compare"].data, expected.refocused, atol=1e-6)
+    assert viewer.layers["img blur-and-compare"].metadata["parameters"]["radii"] == [0, 0.5, 1, 1.5, 2]
+    n = len(viewer.layers)
+    widget.parameters.radii.value = "zero to four"
+    widget._run_button.clicked()
+    assert any("radii must look like" in m for m in notes.errors()) and len(viewer.layers) == n
 
 
 # --------------------------------------------------------------------------------------------- stacking

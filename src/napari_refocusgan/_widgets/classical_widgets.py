@@ -8,9 +8,9 @@ import inspect
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, Select, SpinBox, Widget
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton, Select, SpinBox, Widget
 
-from ..core.blur_compare import DEFAULT_PATCH, KERNELS, blur_and_compare
+from ..core.blur_compare import DEFAULT_PATCH, KERNELS, MAX_RADIUS, blur_and_compare, parse_radii
 from ..core.classical import CLASSICAL_METHODS, SHARPEN_SIZES, apply_classical
 from ..core.errors import RefocusError
 from ..core.focalstack import CancelFn, ProgressFn
@@ -44,6 +44,8 @@ _TOOLTIPS = {
     "kernel": "blur model: disk (defocused lens) or Gaussian",
     "patch": "odd side of the window compared between blurred radiance and input",
     "sigma_max": "σ_max of σ' = σ_max − σ in pixels; 0 = automatic (99th percentile of σ)",
+    "radii": "candidate defocus radii in px: START:STOP:STEP or R1,R2,…; empty = the kernel's default "
+    "(disk 0:4:0.25, Gaussian 0:2:0.125)",
 }
 
 
@@ -57,6 +59,11 @@ def _parameter_widget(name: str, default: Any) -> Widget:
         return ComboBox(name=name, label=name, choices=list(KERNELS), value=default, tooltip=tooltip)
     if name == "patch":
         return SpinBox(name=name, label=name, value=default, min=1, max=99, step=2, tooltip=tooltip)
+    if name == "radii":
+        return LineEdit(name=name, label="candidate radii", value=default, tooltip=tooltip)
+    if name == "sigma_max":
+        return FloatSpinBox(name=name, label="sigma max", value=default, min=0.0, max=MAX_RADIUS, step=0.25,
+                            tooltip=tooltip)  # fmt: skip
     return FloatSpinBox(name=name, label=name.replace("_", " "), value=float(default or 0.0), min=0.0, max=1000.0,
                         step=0.1, tooltip=tooltip)  # fmt: skip
 
@@ -68,6 +75,7 @@ def _method_parameters(method: str) -> Container:
             _parameter_widget("kernel", "disk"),
             _parameter_widget("patch", DEFAULT_PATCH),
             _parameter_widget("sigma_max", 0.0),
+            _parameter_widget("radii", ""),
         ]
     else:
         signature = inspect.signature(CLASSICAL_METHODS[method])
@@ -88,6 +96,8 @@ def _parameter_values(box: Container) -> dict[str, Any]:
         values["tile_size"] = None  # automatic
     if values.get("sigma_max") == 0:
         values["sigma_max"] = None
+    if "radii" in values:  # raises RefocusError on a malformed text, before any work starts
+        values["radii"] = parse_radii(values["radii"]) if values["radii"].strip() else None
     return values
 
 
@@ -144,10 +154,10 @@ class ClassicalWidget(Container):
             if method == BLUR_AND_COMPARE:
                 radiance_layer = chosen_layer(self._radiance, "a radiance layer (the all-in-focus image)")
                 radiance = single_image(radiance_layer, layer_data_copy(radiance_layer), what="blur-and-compare")
+            params = _parameter_values(self.parameters)
         except Exception as exc:
             self.runner.fail(exc, description=description)
             return
-        params = _parameter_values(self.parameters)
         rgb = bool(layer.rgb)
         placement = spatial_placement(layer, 2)
         source = layer.name  # names are fixed when the run starts, whatever happens to the layer meanwhile

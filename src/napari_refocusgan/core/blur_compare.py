@@ -39,6 +39,10 @@ DEFAULT_RADII = {
     "gaussian": tuple(np.round(np.arange(0.0, 2.01, 0.125), 3)),
 }
 DEFAULT_PATCH = 7
+# Largest blur radius (px) for the candidates and σ_max, and most blur levels: beyond them the kernels
+# and the level grid would take minutes and gigabytes, far past any defocus a focal stack produces.
+MAX_RADIUS = 32.0
+MAX_LEVELS = 512
 CACHE_BYTES = 256 * 2**20  # keep candidate blurs between the two passes up to this size
 
 
@@ -129,11 +133,16 @@ def _as_chw(image: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_radii(radii, kernel: str) -> np.ndarray:
-    r = np.asarray(DEFAULT_RADII[kernel] if radii is None else radii, dtype=np.float64).ravel()
+    try:
+        r = np.asarray(DEFAULT_RADII[kernel] if radii is None else radii, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as exc:
+        raise RefocusError(f"candidate radii must be numbers (e.g. [0, 0.5, 1, 2]); got {radii!r}.") from exc
+    if r.size > MAX_LEVELS:
+        raise RefocusError(f"at most {MAX_LEVELS} candidate radii; got {r.size}.")
     if r.size < 2:
         raise RefocusError(f"blur-and-compare needs at least two candidate radii; got {r.tolist()}.")
-    if not np.isfinite(r).all() or (r < 0).any():
-        raise RefocusError(f"candidate radii must be finite and ≥ 0; got {r.tolist()}.")
+    if not np.isfinite(r).all() or (r < 0).any() or (r > MAX_RADIUS).any():
+        raise RefocusError(f"candidate radii must lie in 0…{MAX_RADIUS:g} px; got {r.tolist()}.")
     r = np.unique(r)
     if r.size < 2:
         raise RefocusError("candidate radii must hold at least two different values.")
@@ -205,8 +214,10 @@ def blur_and_compare(
         )
     if src.shape[0] != rad.shape[0]:  # one gray, one colour: compare in colour
         src, rad = np.broadcast_to(src, (3, *src.shape[1:])), np.broadcast_to(rad, (3, *rad.shape[1:]))
-    if sigma_max is not None and not (math.isfinite(sigma_max) and sigma_max >= 0):
-        raise RefocusError(f"sigma_max must be a finite number ≥ 0, got {sigma_max}.")
+    if sigma_max is not None and not (
+        isinstance(sigma_max, (int, float, np.number)) and math.isfinite(sigma_max) and 0 <= sigma_max <= MAX_RADIUS
+    ):
+        raise RefocusError(f"sigma_max must be a number in 0…{MAX_RADIUS:g} px, got {sigma_max!r}.")
 
     gray_out = np.asarray(image).ndim == 2 or (np.asarray(image).ndim == 3 and np.asarray(image).shape[-1] == 1)
     x = torch.from_numpy(np.ascontiguousarray(src)).to(device)[None]
