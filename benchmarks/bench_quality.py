@@ -78,7 +78,8 @@ def run(args) -> int:
         for r in rrows.values():
             print(f"  {r.method:44s} PSNR {r.psnr:6.2f}  SSIM {r.ssim:.4f}  gain {r.gain_db:+.2f} dB")
         ident_r, bc = rrows["identity (input slice)"], rrows["blur-and-compare (true radiance)"]
-        for key in ("two-stage G2, G1 radiance (trained on true)", "two-stage G2, true radiance"):
+        g1_key = f"two-stage G2, G1 radiance (trained on {ev.training_radiance(g2)})"
+        for key in (g1_key, "two-stage G2, true radiance"):
             r = rrows[key]
             short = "G2+G1 radiance" if "G1" in key else "G2+true radiance"
             checks += [

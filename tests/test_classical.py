@@ -68,6 +68,14 @@ def test_sharpen_keeps_uniform_image_and_matches_detail_gain_reference(size):
     np.testing.assert_allclose(sharpen(img, size, amount), expected, atol=1e-5)
 
 
+def test_sharpen_size_accepts_whole_floats_and_refuses_others():
+    img = np.random.default_rng(1).random((12, 12)).astype(np.float32)
+    np.testing.assert_array_equal(sharpen(img, size=5.0), sharpen(img, size=5))
+    for size in (4, 5.5, "5"):
+        with pytest.raises(RefocusError, match="size"):
+            sharpen(img, size=size)
+
+
 def test_sharpen_works_per_channel():
     rgb = np.stack([_texture(s, (32, 32), 0.2, 0.8) for s in range(3)], axis=-1)
     out = sharpen(rgb, 5, 1.0)

@@ -126,3 +126,28 @@ def test_hci_disparity_is_in_the_stack_slope_convention():
     inside = (scene.disparity > scene.slopes[1]) & (scene.disparity < scene.slopes[-2]) & (m.max(0) > 0.01)
     assert inside.sum() > 1000
     assert np.median(np.abs(peak[inside] - scene.disparity[inside])) < 2 * scene.step
+
+
+def test_cli_tables_hold_every_baseline_row(tmp_path):
+    out = tmp_path / "eval"
+    code = ev.main(["--synthetic", "1", "--scene-size", "48", "--cache-dir", str(tmp_path / "cache"),
+                    "--hci", str(tmp_path / "no_hci"), "--out", str(out), "--pairs-per-scene", "2"])  # fmt: skip
+    assert code == 0
+    with open(out / "deblur.csv") as f:
+        deblur = {row["method"]: row for row in csv.DictReader(f)}
+    for method in ("identity (input slice)", "sharpen", "unsharp", "clahe", "clahe+sharpen", "regionwise",
+                   "composite focus measure (all slices)"):  # fmt: skip
+        assert method in deblur, sorted(deblur)
+    # the full-stack reference sees every slice: it must beat the single input slice
+    assert float(deblur["composite focus measure (all slices)"]["gain_db"]) > 0
+    with open(out / "refocus.csv") as f:
+        refocus = {row["method"] for row in csv.DictReader(f)}
+    assert {"identity (input slice)", "blur-and-compare (true radiance)"} <= refocus
+
+
+def test_the_g2_row_names_the_radiance_it_was_trained_on():
+    from types import SimpleNamespace
+
+    assert ev.training_radiance(SimpleNamespace(metadata={"radiance": "mix:w.safetensors"})) == "true or G1"
+    assert ev.training_radiance(SimpleNamespace(metadata={"radiance": "g1:w.safetensors"})) == "G1"
+    assert ev.training_radiance(SimpleNamespace(metadata={})) == "true"

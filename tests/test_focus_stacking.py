@@ -205,11 +205,20 @@ def test_bad_stacks_raise_refocus_error(stack, match):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(measures=("sml", "entropy")), dict(measures=()), dict(window=4), dict(blend_sigma=-1.0), dict(rgb=False)],
+    [
+        dict(measures=("sml", "entropy")), dict(measures=()), dict(measures="entropy"), dict(window=4),
+        dict(window=5.5), dict(blend_sigma=-1.0), dict(blend_sigma="a"), dict(rgb=False),
+    ],  # fmt: skip
 )
 def test_bad_options_raise_refocus_error(kwargs):
     with pytest.raises(RefocusError):
         all_in_focus(np.zeros((3, 8, 8, 3), np.float32), **kwargs)
+
+
+def test_one_measure_name_is_one_measure():
+    stack = np.random.default_rng(0).random((3, 12, 12, 3)).astype(np.float32)
+    for a, b in zip(all_in_focus(stack, measures="sml"), all_in_focus(stack, measures=["sml"])):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_tiny_and_gray_stacks():

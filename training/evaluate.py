@@ -149,9 +149,17 @@ def load_model(spec: str):
         from .train import generator_from_checkpoint, load_checkpoint
 
         ckpt_path = path / "last.pt" if path.is_dir() else path
-        generator = generator_from_checkpoint(load_checkpoint(ckpt_path))
-        return weights.LoadedModel(generator, weights.role_of(generator.cfg), ckpt_path.stem, ckpt_path)
+        ckpt = load_checkpoint(ckpt_path)
+        generator = generator_from_checkpoint(ckpt)
+        return weights.LoadedModel(generator, weights.role_of(generator.cfg), ckpt_path.stem, ckpt_path,
+                                   metadata=dict(ckpt.get("metadata", {})))  # fmt: skip
     return weights.load_generator(spec)
+
+
+def training_radiance(model) -> str:
+    """What radiance a G2 was trained on, from its model card: "true", "G1" or "true or G1"."""
+    source = str(getattr(model, "metadata", {}).get("radiance", "true"))
+    return {"true": "true", "g1": "G1", "mix": "true or G1"}.get(source.partition(":")[0], source)
 
 
 def _generator(model) -> torch.nn.Module:
@@ -395,7 +403,7 @@ def refocus_methods(g2=None, g2_single=None, g1_radiance: Memo | None = None, *,
         configs = model_delta_configs(g2)
         methods["two-stage G2, true radiance"] = (lambda sc, i, d: run_refocus(g2, sc.stack[i], d, sc.centre), configs)
         if g1_radiance is not None:
-            methods["two-stage G2, G1 radiance (trained on true)"] = (
+            methods[f"two-stage G2, G1 radiance (trained on {training_radiance(g2)})"] = (
                 lambda sc, i, d: run_refocus(g2, sc.stack[i], d, g1_radiance(sc, i)), configs)
     return methods
 

@@ -58,8 +58,10 @@ def sharpening_kernel(size: int = 3, amount: float = 1.0) -> np.ndarray:
     (centre 9, −1 around, sum 1) is ``size=3, amount=9``; amount 1 gives centre 17/9 = 1.89 after
     normalisation (17 before, always ≥ 5 as the report asks).
     """
-    if size not in SHARPEN_SIZES:
-        raise RefocusError(f"sharpening kernel size must be one of {SHARPEN_SIZES}, got {size}.")
+    if isinstance(size, (float, np.floating)) and float(size).is_integer():
+        size = int(size)  # 5.0 from a float spin box or a config file
+    if not isinstance(size, (int, np.integer)) or size not in SHARPEN_SIZES:
+        raise RefocusError(f"sharpening kernel size must be one of {SHARPEN_SIZES}, got {size!r}.")
     amount = _finite_positive(amount, "sharpening amount", allow_zero=False)
     n2 = size * size
     kernel = -np.ones((size, size), dtype=np.float64)

@@ -71,6 +71,8 @@ def composite_focus(
 ) -> torch.Tensor:
     """Composite focus volume (S, H, W) of a stack tensor (S, C, H, W) in [0, 1]: the mean over ``measures``
     of each measure normalised per pixel across slices to [0, 1]."""
+    if isinstance(measures, str):
+        measures = [measures]
     if not measures:
         raise RefocusError(f"name at least one focus measure from {', '.join(FOCUS_MEASURES)}.")
     unknown = [m for m in measures if m not in FOCUS_MEASURES]
@@ -116,9 +118,11 @@ def all_in_focus(
     by parabolic refinement). ``progress`` counts measure evaluations plus one blending step.
     """
     rgb = _stack_layout(stack, rgb)
-    if not (blend_sigma >= 0 and np.isfinite(blend_sigma)):
-        raise RefocusError(f"blend_sigma must be a finite number ≥ 0, got {blend_sigma}.")
-    if window < 1 or window % 2 == 0:
+    if isinstance(measures, str):
+        measures = [measures]  # one name, not a sequence of letters
+    if not (isinstance(blend_sigma, (int, float, np.number)) and blend_sigma >= 0 and np.isfinite(blend_sigma)):
+        raise RefocusError(f"blend_sigma must be a finite number ≥ 0, got {blend_sigma!r}.")
+    if not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
         raise RefocusError(f"focus-measure window must be a positive odd number, got {window}.")
     data = to_float(stack, name="focal stack")  # a new float32 array: the caller's stack is never touched
     if not rgb:
