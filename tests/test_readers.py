@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -740,3 +741,48 @@ def test_lytro_depth_map_file():
     assert lf.metadata["confidence"].shape == (330, 330)
     layers = read_lightfield_layers(LYTRO / "IMG_0002-dm.lfp")
     assert [m["name"] for _, m, _ in layers] == ["IMG_0002-dm depth"]
+
+
+def _uniform_grid(folder: Path, view: np.ndarray, ext: str) -> Path:
+    folder.mkdir()
+    for r in range(1, 4):
+        for c in range(1, 4):
+            path = folder / f"s_{r:02d}_{c:02d}.{ext}"
+            tifffile.imwrite(path, view) if ext == "tif" else iio.imwrite(path, view)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "view, ext, message",
+    [
+        (np.full((8, 8, 3), np.nan, np.float32), "tif", "NaN or Inf"),
+        (np.full((8, 8, 3), np.inf, np.float32), "tif", "NaN or Inf"),
+        (np.zeros((2, 8, 8, 3), np.float32), "tif", "shape (2, 8, 8, 3)"),
+    ],
+)
+def test_view_folders_with_bad_pixels_or_shapes_are_refused(tmp_path, view, ext, message):
+    with pytest.raises(RefocusError, match=re.escape(message)):
+        read_lightfield(_uniform_grid(tmp_path / "views", view, ext))
+
+
+@pytest.mark.parametrize(
+    "view",
+    [np.full((8, 8, 4), 100, np.uint8), np.full((8, 8), 100, np.uint8), np.full((1, 1, 3), 100, np.uint8)],
+    ids=["rgba", "gray", "1x1"],
+)
+def test_rgba_gray_and_single_pixel_views_become_rgb_float(tmp_path, view):
+    lf = read_lightfield(_uniform_grid(tmp_path / "views", view, "png"))
+    assert lf.views.shape == (3, 3, *view.shape[:2], 3) and lf.views.dtype == np.float32
+    np.testing.assert_allclose(lf.views, 100 / 255, atol=1e-6)  # alpha dropped, gray replicated
+
+
+def test_grayscale_eslf_is_read_as_gray_replicated_views(tmp_path, scene8):
+    gray = from_float(eslf_from_views(scene8.views).mean(axis=-1), np.uint8)
+    path = tmp_path / "gray_eslf.png"
+    iio.imwrite(path, gray)
+    assert detect_format(path) == "eslf"
+    lf = read_lightfield(path, views=7)
+    assert lf.views.shape == (7, 7, 40, 56, 3)
+    np.testing.assert_array_equal(lf.views[..., 0], lf.views[..., 2])
+    # central 7×7 of the file's 14×14 = views 1..7 of the 8×8 scene
+    np.testing.assert_allclose(lf.views[..., 0], scene8.views[:7, :7].mean(axis=-1), atol=Q8 + 1e-6)

@@ -205,6 +205,38 @@ def test_sml_widget_reports_bad_input_without_touching_it(viewer, notes):
     assert len(viewer.layers) == 2
 
 
+@pytest.mark.parametrize(
+    "data, rgb, expected_shape",
+    [
+        ((np.random.default_rng(2).random((12, 16)) * 65535).astype(np.uint16), False, (12, 16)),  # uint16 gray
+        (np.random.default_rng(3).random((12, 16, 4)).astype(np.float32), True, (12, 16)),  # RGBA
+        (np.random.default_rng(4).random((2, 3, 12, 16)).astype(np.float32), False, (2, 3, 12, 16)),  # 4-D
+        (np.random.default_rng(5).random((2, 2, 3, 12, 16)).astype(np.float32), False, (2, 2, 3, 12, 16)),  # 5-D
+    ],
+)
+def test_sml_widget_takes_uint16_rgba_and_nd_layers_as_the_core_does(viewer, notes, data, rgb, expected_shape):
+    layer = viewer.add_image(data, rgb=rgb, name="input")
+    before = snapshot(layer)
+    widget = dock(viewer, "Focus measure (SML)")
+    widget._image.value = layer
+    widget._run_button.clicked()
+    out = viewer.layers["input SML"].data
+    assert out.shape == expected_shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, sml(data, rgb=rgb), atol=1e-7)
+    assert_unchanged(layer, before)
+    assert notes.errors() == []
+
+
+def test_sml_widget_refuses_inf(viewer, notes):
+    bad = np.zeros((8, 8), np.float32)
+    bad[0, 0] = np.inf
+    layer = viewer.add_image(bad, name="hot", contrast_limits=(0, 1))
+    widget = dock(viewer, "Focus measure (SML)")
+    widget._image.value = layer
+    widget._run_button.clicked()
+    assert any("Inf" in m for m in notes.errors()) and "hot SML" not in viewer.layers
+
+
 def test_widget_without_any_layer_asks_for_one(viewer, notes):
     widget = dock(viewer, "Focus measure (SML)")
     widget._run_button.clicked()
