@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -85,3 +86,28 @@ def test_single_stage_g2_has_no_radiance_blend():
     assert not refocus_config(in_channels=3).radiance_blend
     with pytest.raises(ValueError, match="radiance"):
         Generator(GeneratorConfig(in_channels=3, delta_mode="continuous", deltas=(-9.0, 9.0), radiance_blend=True))
+
+
+def test_g1_detail_gains_are_unsharp_masks_at_their_sigmas():
+    import math
+
+    from scipy import ndimage
+
+    torch.manual_seed(0)
+    model = Generator(deblur_config(ngf=4, n_blocks=1, focus_gate=False, detail_sigmas=(1.0, 2.0))).eval()
+    x = _batch(1)[:, :4] * 0.2  # small enough that nothing clamps
+    torch.nn.init.constant_(model.detail[1].bias, math.atanh(0.25))  # gain 2·tanh = 0.5 at both σ
+    with torch.no_grad():
+        out = model(x).numpy()
+    rgb = x[:, :3].numpy()
+    expected = rgb.copy()
+    for sigma in (1.0, 2.0):
+        expected += 0.5 * (rgb - ndimage.gaussian_filter(rgb, (0, 0, sigma, sigma), mode="nearest", truncate=4.0))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_configs_saved_before_detail_sigmas_have_none():
+    old = deblur_config(ngf=4, n_blocks=1).to_dict()
+    del old["detail_sigmas"]
+    assert GeneratorConfig.from_dict(old).detail_sigmas == ()
+    assert GeneratorConfig.from_dict(deblur_config().to_dict()) == deblur_config()

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .blur_compare import gaussian_blur_torch
+
 DeltaMode = Literal["none", "onehot", "continuous"]
 
 # The paper's δ map: a fully connected layer makes a 64×64 channel for 256×256 inputs (the bottleneck).
@@ -45,16 +47,23 @@ class GeneratorConfig:
     # synthesise; m only has to follow depth and δ, which vary slowly, and the detail comes from the
     # radiance. m = 1 focuses a pixel fully, m < 0 blurs it further (extrapolates away from the radiance).
     radiance_blend: bool = False
+    # G1: out also adds g_k·(rgb − Gaussian_σk(rgb)) with per-pixel gains g_k ∈ (−2, 2) from the decoder: a
+    # learned, spatially varying unsharp mask at each σ_k (px), for the same reason as the radiance blend.
+    # The gains go to 0 where the image is already sharp; unsharp masking is the special case of one constant
+    # gain. Empty in configs saved before it existed.
+    detail_sigmas: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["deltas"] = list(self.deltas)
+        d["detail_sigmas"] = list(self.detail_sigmas)
         return d
 
     @staticmethod
     def from_dict(d: dict) -> "GeneratorConfig":
         d = dict(d)
         d["deltas"] = tuple(float(v) for v in d.get("deltas", ()))
+        d["detail_sigmas"] = tuple(float(v) for v in d.get("detail_sigmas", ()))
         return GeneratorConfig(**d)
 
     @property
@@ -187,6 +196,8 @@ class Generator(nn.Module):
             if cfg.in_channels != 6:
                 raise ValueError("radiance_blend needs the radiance as input channels 3..5 (in_channels=6)")
             self.blend = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, 1, 7), nn.Tanh())
+        if cfg.detail_sigmas:
+            self.detail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, len(cfg.detail_sigmas), 7), nn.Tanh())
         if cfg.focus_gate:
             # gate = sigmoid(scale · (shift − focus)): ≈1 on blurred pixels, smaller on sharp ones; learned.
             self.gate_scale = nn.Parameter(torch.tensor(2.0))
@@ -197,6 +208,8 @@ class Generator(nn.Module):
         nn.init.zeros_(self.tail[1].weight)
         if cfg.radiance_blend:
             nn.init.zeros_(self.blend[1].weight)
+        if cfg.detail_sigmas:
+            nn.init.zeros_(self.detail[1].weight)
 
     def block_modulations(self, delta: torch.Tensor) -> list | None:
         """Each residual block's (scale, shift) for ``delta`` (N,), or None without δ modulation."""
@@ -226,6 +239,10 @@ class Generator(nn.Module):
         rgb = x[:, :3]
         if self.cfg.radiance_blend:
             residual = residual + self.blend(features) * (x[:, 3:6] - rgb)
+        if self.cfg.detail_sigmas:
+            gains = 2 * self.detail(features)
+            for k, sigma in enumerate(self.cfg.detail_sigmas):
+                residual = residual + gains[:, k : k + 1] * (rgb - gaussian_blur_torch(rgb, sigma))
         return torch.clamp(rgb + residual, -1, 1)
 
 
@@ -237,9 +254,13 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+# G1's detail scales: the blur of the kept slices spans about 0…4 px of disk radius (blur_compare.DEFAULT_RADII)
+DEBLUR_DETAIL_SIGMAS = (1.0, 2.0)
+
+
 def deblur_config(**overrides) -> GeneratorConfig:
-    """G1: RGB + SML channel, gated residual."""
-    return GeneratorConfig(**{"in_channels": 4, "focus_gate": True, **overrides})
+    """G1: RGB + SML channel, gated residual, learned unsharp masks at :data:`DEBLUR_DETAIL_SIGMAS`."""
+    return GeneratorConfig(**{"in_channels": 4, "focus_gate": True, "detail_sigmas": DEBLUR_DETAIL_SIGMAS, **overrides})
 
 
 def refocus_config(deltas=tuple(range(-9, 10)), mode: DeltaMode = "continuous", **overrides) -> GeneratorConfig:
