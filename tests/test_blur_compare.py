@@ -247,3 +247,19 @@ def test_cli_blur_compare_writes_refocused_and_sigma_map(tmp_path):
     assert psnr(res[8:-8, 8:-8] / 255, _disk_blur(radiance, 1.0)[8:-8, 8:-8]) > 40
     bad = ["blur-compare", str(src), "--radiance", str(rad), "--radii", "x", "-o", str(out)]
     assert main(bad) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--device", "tpu"], "device"),
+        (["--sigma-max", "1e9"], "sigma_max"),
+        (["--radiance", "{tmp}/missing.png"], "does not exist"),
+    ],
+)
+def test_cli_blur_compare_bad_options_are_messages(tmp_path, capsys, extra, message):
+    img = write_image(tmp_path / "in.png", np.zeros((16, 16, 3), np.uint8))
+    argv = ["blur-compare", str(img), "--radiance", str(img), "-o", str(tmp_path / "o.png")]
+    assert main(argv + [a.format(tmp=tmp_path) for a in extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

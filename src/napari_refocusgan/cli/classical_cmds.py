@@ -12,6 +12,7 @@ from ..core import focus_stacking as fs
 from ..core.errors import RefocusError
 from ..core.focus import FOCUS_MEASURES, SMLParams
 from ..core.imaging import as_rgb, from_float, read_image, write_image
+from ..core.inference import pick_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--patch", type=int, default=bc.DEFAULT_PATCH, help=f"odd comparison window (default {bc.DEFAULT_PATCH})"
     )
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.set_defaults(func=cmd_blur_compare)
 
     p = sub.add_parser("all-in-focus", help="focal stack (S, H, W[, C]) → all-in-focus image and depth-index map")
@@ -85,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"seam smoothing in px, 0 = hard argmax (default {fs.DEFAULT_BLEND_SIGMA})",
     )
     p.add_argument("--gray", action="store_true", help="the stack is gray (S, H, W) even if its last axis is 3 or 4")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.set_defaults(func=cmd_all_in_focus)
 
 
@@ -126,7 +127,7 @@ def cmd_blur_compare(args: argparse.Namespace) -> int:
         radii=radii,
         patch=args.patch,
         kernel=args.kernel,
-        device=args.device,
+        device=pick_device(args.device),
     )
     path = write_image(args.out, img.restore(result.refocused))
     print(f"wrote {path}: σ_max {result.sigma_max:.3g} px, σ range {result.sigma.min():.3g}..{result.sigma.max():.3g}")
@@ -146,7 +147,7 @@ def cmd_all_in_focus(args: argparse.Namespace) -> int:
         window=args.window,
         blend_sigma=args.blend_sigma,
         rgb=False if args.gray else None,
-        device=args.device,
+        device=pick_device(args.device),
     )
     dtype = stack.dtype if stack.dtype in (np.uint8, np.uint16) else np.float32
     path = write_image(args.out, from_float(aif, dtype))
