@@ -26,10 +26,13 @@ from napari_refocusgan.core.weights import load_generator, save_generator
 
 
 def make(cfg, seed: int = 0) -> Generator:
-    """A random generator whose output differs from its input (the real init starts as the identity)."""
+    """A random generator whose output differs from its input (the real init starts as the identity):
+    every zero-initialised output head (residual, radiance blend, detail gains) is randomised."""
     torch.manual_seed(seed)
     g = Generator(cfg)
-    torch.nn.init.normal_(g.tail[1].weight, 0.0, 0.05)
+    for head in ("tail", "blend", "detail"):
+        if hasattr(g, head):
+            torch.nn.init.normal_(getattr(g, head)[1].weight, 0.0, 0.05)
     return g.eval()
 
 
@@ -305,6 +308,8 @@ def test_bf16_on_cpu_stays_close(g1):
         (np.zeros((7, 30, 3), np.float32), "7×30 pixels"),
         (np.full((16, 16, 3), np.nan, np.float32), "NaN or Inf"),
         (np.full((16, 16), np.inf), "NaN or Inf"),
+        (np.full((16, 16, 3), 200.0, np.float32), "values 200…200; float images must hold intensities"),
+        (np.full((16, 16), -0.5, np.float32), "must hold intensities"),
         (np.zeros((0, 16, 3), np.uint8), "empty"),
         (np.zeros((16, 16, 2), np.uint8), "last axis of 2"),
         (np.zeros(16, np.uint8), "expected a 2-D image"),
@@ -356,3 +361,12 @@ def test_bad_delta_and_wrong_models(g1, g2):
 def test_bad_run_settings(g1, kwargs, message):
     with pytest.raises(RefocusError, match=message):
         deblur(textured(16, 16), g1, **kwargs)
+
+
+def test_slight_float_overshoot_is_clipped_like_the_boundary(g1):
+    img = textured(16, 16)
+    over = img.copy()
+    over[0, 0] = 1.03  # cubic shift-and-sum overshoots a little at edges
+    over[1, 1] = -0.02
+    clipped = np.clip(over, 0, 1)
+    np.testing.assert_array_equal(deblur(over, g1), deblur(clipped, g1))

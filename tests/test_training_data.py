@@ -201,3 +201,21 @@ def test_mixed_radiance_is_either_the_centre_view_or_g1s_output(cache, tmp_path)
         # an untrained G1 returns its input, so its radiance is the input slice itself
         kinds.append("g1" if torch.allclose(radiance, rgb, atol=2e-2) else "true")
     assert kinds.count("g1") >= 2 and kinds.count("true") >= 2, kinds
+
+
+def test_view_grid_folders_are_training_light_fields_and_hci_is_test_only(tmp_path):
+    import imageio.v3 as iio
+
+    root = tmp_path / "data"
+    for name in ("garden", "HCI_Antinous"):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for r in range(1, 4):
+            for c in range(1, 4):
+                iio.imwrite(folder / f"{name}_{r:02d}_{c:02d}.png", np.full((8, 8, 3), 10 * r + c, np.uint8))
+    (root / "notes.txt").write_text("not a light field")
+    assert data.list_lightfields([str(root)]) == [root / "HCI_Antinous", root / "garden"]
+    assert data.file_split(root / "HCI_Antinous") == "test"  # whatever the case of its name
+    views = data.read_views(root / "garden")
+    assert views.shape == (3, 3, 8, 8, 3)
+    np.testing.assert_allclose(views[1, 2, 0, 0, 0], 23 / 255, atol=1e-6)  # row 2, column 3 (1-based)

@@ -154,11 +154,14 @@ def render_training_scene(seed: int, size: int) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------ real data
 
-LF_SUFFIXES = (".png", ".lfr", ".lfp", ".raw", ".h5", ".hdf5", ".tif", ".tiff", ".jpg", ".jpeg")
+LF_SUFFIXES = (".png", ".lfr", ".lfp", ".tif", ".tiff", ".jpg", ".jpeg")  # files the plugin's readers take
 
 
 def _is_view_folder(path: Path) -> bool:
-    return path.is_dir() and any(path.glob("*Cam*.png"))
+    """An HCI (input_CamNNN) or NAME_RR_CC view folder, recognised by the plugin's own format detection."""
+    from napari_refocusgan.core.lightfield import FORMAT_HCI, FORMAT_VIEW_GRID, detect_format
+
+    return path.is_dir() and detect_format(path) in (FORMAT_HCI, FORMAT_VIEW_GRID)
 
 
 def list_lightfields(data_paths: Sequence[str]) -> list[Path]:
@@ -176,7 +179,7 @@ def list_lightfields(data_paths: Sequence[str]) -> list[Path]:
         items = [p for p in entries if _is_view_folder(p) or (p.is_file() and p.suffix.lower() in LF_SUFFIXES)]
         if not items:
             raise RefocusError(
-                f"data path {path} holds no light fields (expected view folders with *Cam*.png files, or "
+                f"data path {path} holds no light fields (expected HCI or NAME_RR_CC view folders, or "
                 f"light-field files: {', '.join(LF_SUFFIXES)})."
             )
         found.extend(items)
@@ -185,7 +188,7 @@ def list_lightfields(data_paths: Sequence[str]) -> list[Path]:
 
 def file_split(path: Path) -> str:
     """train / val / test for a light-field file, from a hash of its name (stable across machines)."""
-    if HCI_MARKER in str(path):
+    if HCI_MARKER in str(path).lower():
         return "test"
     h = int(hashlib.sha1(path.name.encode()).hexdigest()[:8], 16) / 16**8
     return "train" if h < 0.70 else ("val" if h < 0.75 else "test")
@@ -246,7 +249,7 @@ def lightfield_scene(path: Path) -> dict[str, np.ndarray]:
     views = read_views(path)
     stack, _, _ = focal_stack(views, STACK)
     scene = {"stack": stack, "centre": centre_view(views), "views": views, "noise": np.float32(0)}
-    if HCI_MARKER in str(path):
+    if HCI_MARKER in str(path).lower():
         disp = read_hci_disparity(path)
         if disp is not None:
             scene["disparity"] = disp
@@ -277,8 +280,16 @@ def _write_scene(target: Path, scene: dict[str, np.ndarray]) -> None:
     for name, arr in scene.items():
         arr = np.asarray(arr)
         np.save(tmp / f"{name}.npy", arr.astype(np.float16) if arr.ndim >= 2 else arr.astype(np.float32))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)  # atomic: a half-written scene is never read
+    if (target / "stack.npy").exists():  # another process (a DDP rank) finished it first: same scene
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    shutil.rmtree(target, ignore_errors=True)  # a leftover without stack.npy
+    try:
+        tmp.rename(target)  # atomic: a half-written scene is never read
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "stack.npy").exists():
+            raise
 
 
 def _render_job(job: tuple[str, str, int | str, int]) -> str:

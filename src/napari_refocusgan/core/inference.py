@@ -51,6 +51,7 @@ from .imaging import as_rgb
 from .networks import Generator, GeneratorConfig, InstanceNorm
 from .weights import LoadedModel
 
+FLOAT_RANGE_SLACK = 0.05  # float input may overshoot [0, 1] by this much (then it is clipped)
 MIN_SIZE = 8  # the bottleneck (1/4 size) must be ≥ 2 pixels for the blocks' reflection padding
 DEFAULT_TILE = 1024  # core side of a tile in pixels
 # Context around each tile's core, None = the generator's receptive field (see receptive_field).
@@ -362,8 +363,17 @@ def _layout(image, rgb: bool | None, name: str) -> tuple[np.ndarray, list[tuple]
         raise RefocusError(f"{name} has dtype {arr.dtype}; expected uint8, uint16 or float.")
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise RefocusError(f"{name} contains NaN or Inf values; clean the data first.")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise RefocusError(f"{name} contains NaN or Inf values; clean the data first.")
+        lo, hi = float(arr.min()), float(arr.max())
+        # Float images are read as [0, 1] intensities. Slight overshoot (cubic shift-and-sum, sharpening) is
+        # clipped; a float image on another scale (0..255, 0..65535, signed) would be silently wrong.
+        if lo < -FLOAT_RANGE_SLACK or hi > 1 + FLOAT_RANGE_SLACK:
+            raise RefocusError(
+                f"{name} is a float image with values {lo:.4g}…{hi:.4g}; float images must hold intensities "
+                "in [0, 1]. Divide by the full-scale value (e.g. 255) or pass it as uint8/uint16."
+            )
     if rgb is None:
         rgb = arr.ndim >= 3 and arr.shape[-1] in (1, 3, 4)
         if arr.ndim == 3 and arr.shape[-1] < MIN_SIZE and not rgb:
@@ -420,8 +430,9 @@ def _deblur_input(rgb01: np.ndarray, generator: Generator, sml_params: SMLParams
         channels = generator.cfg.in_channels
         x = torch.empty((1, channels, _ceil4(h), _ceil4(w)), dtype=torch.float32)
         x[0, :3, :h, :w] = rgb_t[0]
+        x[0, :3, :h, :w].clamp_(0, 1)  # float input may overshoot [0, 1] slightly (FLOAT_RANGE_SLACK)
         if channels == 4:
-            _focus_into(x[0, 3, :h, :w], rgb_t, sml_params)
+            _focus_into(x[0, 3, :h, :w], x[:, :3, :h, :w], sml_params)
         return _signed_and_padded(x, h, w, 3)
 
 
@@ -452,7 +463,7 @@ def _signed_and_padded(x: torch.Tensor, h: int, w: int, n_image_channels: int) -
     """Map the image channels [0, 1] → [-1, 1] in place (the focus channel already is) and fill the pad
     rows/columns by reflection, as F.pad(mode="reflect") would, without a second full-size copy."""
     images = x[0, :n_image_channels, :h, :w]
-    images.mul_(2).sub_(1)
+    images.clamp_(0, 1).mul_(2).sub_(1)  # float input may overshoot [0, 1] slightly (FLOAT_RANGE_SLACK)
     hp, wp = x.shape[-2:]
     for j in range(wp - w):  # columns w, w+1, … mirror w−2, w−3, …
         x[0, :, :h, w + j] = x[0, :, :h, w - 2 - j]
