@@ -283,6 +283,7 @@ def test_export_then_plugin_load_gives_identical_outputs(tmp_path):
             d = torch.tensor([delta])
             assert torch.equal(loaded.generator(x, d), original(x, d))
     assert loaded.metadata["perceptual"] == "l1" and loaded.metadata["steps"] == "2"
+    assert float(loaded.metadata["train_time_s"]) >= 0  # the model card says how long it trained
     (entry,) = list_models(registry)
     assert (entry.name, entry.role, entry.default) == ("smoke-g2", "refocus", True)
     assert entry.training["train_config"] == "smoke" and entry.path == out.resolve()

@@ -127,6 +127,11 @@ def _cmd_train(args) -> int:
     from .train import train
 
     cfg = _config_from_args(args)
+    if args.perceptual is None and cfg.perceptual != "vgg19" and not args.resume:
+        print(f"note: config {cfg.name!r} trains with a {cfg.perceptual} content loss, not the paper's VGG19 "
+              "perceptual loss (its ImageNet weights cannot be downloaded here); pass --perceptual vgg19 "
+              "--vgg-weights FILE for the paper's loss. The choice is recorded in the model card.",
+              file=sys.stderr)  # fmt: skip
     train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     return 0  # a signal also ends cleanly, with a checkpoint to --resume from
 

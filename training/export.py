@@ -8,7 +8,18 @@ from pathlib import Path
 from napari_refocusgan.core import weights
 from napari_refocusgan.core.errors import RefocusError
 
-from .train import CHECKPOINT_NAME, generator_from_checkpoint, load_checkpoint
+from .train import CHECKPOINT_NAME, LOG_NAME, generator_from_checkpoint, load_checkpoint
+
+
+def _training_seconds(log: Path, step: int) -> str:
+    """Wall-clock training time up to ``step`` from the run's log (resumed sessions added up), or ''."""
+    import csv
+
+    if not log.is_file():
+        return ""
+    with open(log, newline="") as f:
+        times = [float(row["time_s"]) for row in csv.DictReader(f) if int(row["step"]) <= step and row["time_s"]]
+    return f"{times[-1]:.0f}" if times else ""
 
 
 def export_checkpoint(
@@ -31,6 +42,7 @@ def export_checkpoint(
     role = ckpt["config"]["task"]
     card = dict(ckpt["metadata"])
     card.update(steps=str(ckpt["step"]), total_steps=str(ckpt["total_steps"]))
+    card.setdefault("train_time_s", _training_seconds(checkpoint.parent / LOG_NAME, ckpt["step"]))
     if name:
         card["name"] = name
     out = Path(weights_path)

@@ -380,6 +380,8 @@ class Trainer:
             "train_scenes": str(cfg.train_scenes),
             "data": ";".join(cfg.data_paths) or "synthetic",
             "seed": str(cfg.seed),
+            "lr": str(cfg.lr),
+            "command": _training_command(),
             **self.content.describe(),
         }
         if cfg.task == "deblur":
@@ -387,6 +389,14 @@ class Trainer:
         else:
             meta.update(refocus_deltas=cfg.refocus_deltas, single_stage=str(cfg.single_stage).lower(), radiance=cfg.radiance)
         return meta
+
+
+def _training_command() -> str:
+    """The command line of a run started by ``python -m training`` (for the model card), else ''."""
+    launched = Path(sys.argv[0])
+    if launched.name == "__main__.py" and launched.parent.name == "training":
+        return " ".join(["python -m training", *sys.argv[1:]])
+    return ""
 
 
 def _distributed() -> tuple[int, int]:
@@ -500,7 +510,9 @@ def train(
     val_batches: list[dict] = []
     if rank == 0 and val_dataset is not None and cfg.val_size > 0:
         with preserved_rng():
-            items = [val_dataset[i] for i in range(min(cfg.val_size, len(val_dataset)))]
+            # spread over the whole validation set: its first items are one scene (and, for G2, one δ sign)
+            picks = np.unique(np.linspace(0, len(val_dataset) - 1, min(cfg.val_size, len(val_dataset))).round())
+            items = [val_dataset[int(i)] for i in picks]
         val_batches = [_collate(items[i : i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
 
     log = RunLog(out / LOG_NAME, trainer.step if ckpt is not None else None) if rank == 0 else None
