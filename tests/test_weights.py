@@ -249,11 +249,15 @@ def test_corrupt_registry_is_a_clear_error(tmp_path):
 
 
 def test_the_packaged_registry_is_valid_and_its_files_match():
-    """Whatever ships in the package: every entry loads, hash and shapes checked."""
-    for entry in list_models():
+    """The package ships a default G1 and G2, trained by our training code; every entry loads, hash and
+    shapes checked, and its model card says how it was trained."""
+    entries = list_models()
+    assert {e.role for e in entries if e.default} == {"deblur", "refocus"}
+    for entry in entries:
         assert entry.path.parent == weights.WEIGHTS_DIR.resolve()
         model = load_generator(entry.name)
         assert model.role == entry.role and model.config == entry.config
+        assert int(entry.training["steps"]) > 0 and entry.training["data"]
 
 
 def test_unwritable_destination_is_a_clear_error(tmp_path):

@@ -469,17 +469,6 @@ def test_deblur_widget_matches_core_and_records_model_and_device(viewer, tiny_we
     assert_unchanged(layer, before)
 
 
-def _shipped(role: str) -> bool:
-    from napari_refocusgan.core.errors import RefocusError
-    from napari_refocusgan.core.weights import default_model
-
-    try:
-        return default_model(role).path.is_file()
-    except RefocusError:
-        return False
-
-
-@pytest.mark.skipif(not (_shipped("deblur") and _shipped("refocus")), reason="no shipped weights installed")
 def test_widgets_default_to_the_shipped_weights(viewer, notes):
     from napari_refocusgan.core.inference import deblur, refocus
     from napari_refocusgan.core.weights import load_generator
@@ -630,11 +619,43 @@ def test_refocus_widget_caches_radiance_and_updates_one_layer_as_delta_turns(vie
     assert meta["delta_slope_px_per_view"] == pytest.approx(2 * 3 / 29)
     assert "cached" in meta["radiance"]
 
-    widget._delta.value = 12.0  # outside the trained −9…+9
-    assert any("outside this model's trained range" in m for m in notes.errors())
+    assert (widget._delta.min, widget._delta.max) == (-9.0, 9.0)  # the box spans the model's trained range
+    with pytest.raises(ValueError):
+        widget._delta.value = 12.0
     np.testing.assert_allclose(out.data, refocus(image, 2.0, g2, radiance=radiance, device="cpu"), atol=1e-6)
     assert calls["deblur"] == 1 and len(viewer.layers) == n_layers
     assert_unchanged(layer, before)
+
+
+def test_sample_deblur_refocus_and_turning_delta_updates_one_layer(viewer, notes):
+    """The whole flow a user takes, with the shipped weights: sample → Deblur → Refocus with the
+    Deblur output as radiance → turn δ."""
+    from napari_refocusgan.core.inference import refocus
+    from napari_refocusgan.core.weights import load_generator
+
+    open_sample(viewer)
+    stack = viewer.layers[FOCAL_STACK_NAME]
+    before = snapshot(stack)
+    deblur_widget = dock(viewer, "Deblur (radiance)")
+    deblur_widget._image.value = stack
+    deblur_widget._run_button.clicked()
+    radiance = viewer.layers[f"{FOCAL_STACK_NAME} radiance"]
+    assert radiance.data.shape == stack.data.shape
+
+    widget = dock(viewer, "Refocus")
+    widget._image.value = stack
+    widget._radiance.value = radiance
+    widget._delta.value = 3.0  # live: runs G2 at once
+    out = viewer.layers[f"{FOCAL_STACK_NAME} refocused"]
+    n_layers = len(viewer.layers)
+    widget._delta.value = -4.0
+    assert viewer.layers[f"{FOCAL_STACK_NAME} refocused"] is out and len(viewer.layers) == n_layers
+    g2 = load_generator("refocus", "cpu")
+    np.testing.assert_allclose(out.data[5], refocus(before[1][5], -4.0, g2, radiance=radiance.data[5], device="cpu"),
+                               atol=1e-5)  # fmt: skip
+    assert out.metadata["delta"] == -4.0 and "radiance" in out.metadata["radiance"]
+    assert_unchanged(stack, before)
+    assert notes.errors() == []
 
 
 def test_refocus_widget_uses_a_given_radiance_layer(viewer, tiny_weights, monkeypatch):

@@ -35,13 +35,14 @@ _STACK = StackConfig()
 DELTA_TOOLTIP = (
     "δ in slices of the paper's default focal stack: one step changes the refocus slope by "
     f"2·s_max/(S−1) = 3/29 ≈ {_STACK.slope_step:.4f} px per view. δ > 0 moves focus towards higher slice "
-    "indices (larger slope), i.e. farther on a Lytro Illum capture; δ < 0 nearer. The model's trained range "
-    "is checked when it runs."
+    "indices (larger slope), i.e. farther on a Lytro Illum capture; δ < 0 nearer. The box spans the model's "
+    "trained range."
 )
 # Widest δ that still lands inside the paper's 30-slice stack; the model's own range is checked by the core.
 DELTA_LIMIT = _STACK.slices - 1
 TILE_TOOLTIP = (
-    "side of a tile's core in pixels; 0 = automatic (whole image up to about 2 MP, else 1024-px tiles). "
+    "side of a tile's core in pixels; 0 = automatic (whole image up to about 4 MP at the default width, "
+    "else 1024-px tiles). "
     "Lower it when the device runs out of memory; tiles share whole-image statistics, so no seams."
 )
 WEIGHTS_TOOLTIP = "a .safetensors file written by the training 'export' command; empty = the shipped weights"
@@ -253,6 +254,20 @@ class RefocusWidget(Container):
         self._delta.changed.connect(self._delta_changed)
         self.runner.finished.connect(self._after_run)
         follow_layer_list(napari_viewer, self)
+        try:  # the shipped G2's trained range, from the registry (no weights loaded yet)
+            self._fit_delta_box(default_model("refocus").config)
+        except RefocusError:
+            pass  # no shipped weights: the box keeps the stack's full range until a model has run
+
+    def _fit_delta_box(self, config) -> None:
+        """Limit the δ box to what the G2 ``config`` was trained on (whole steps for one-hot models)."""
+        if config.delta_range is None:
+            return
+        lo, hi = config.delta_range
+        if (self._delta.min, self._delta.max) != (lo, hi):
+            with self._delta.changed.blocked():  # a clamped value must not start a run by itself
+                self._delta.min, self._delta.max = lo, hi
+        self._delta.step = 1.0 if config.delta_mode == "onehot" else 0.5
 
     def _delta_changed(self, *_) -> None:
         if not self._live.value or self._image.value is None:
@@ -315,11 +330,12 @@ class RefocusWidget(Container):
                 "delta_slope_px_per_view": d * _STACK.slope_step,
                 "radiance": radiance_note,
             }
-            return out, metadata
+            return out, metadata, g2.config
 
         def show(result) -> None:
-            out, metadata = result
+            out, metadata, config = result
             show_image(self._viewer, out, name=name, metadata=metadata, rgb=rgb, **placement, **_display(out))
+            self._fit_delta_box(config)  # the model that ran may be a user's, with another range
 
         self.runner.run(task, show, description="Refocus")
 
