@@ -7,6 +7,8 @@ RGB + radiance and a refocus parameter δ, injected at the bottleneck (the paper
 InstanceNorm removes any spatially constant signal, so a δ that only enters by concatenation reaches the
 decoder solely through the map's learned spatial pattern; a G2 built that way stayed at the identity for
 4000 steps. Modulating after the norm (conditional instance normalisation) carries δ past every norm.
+Both generators also have an output head that mixes in full-resolution detail (G2: the radiance; G1: the
+input's own high-pass), see ``radiance_blend`` and ``detail_sigmas``.
 """
 
 from __future__ import annotations
