@@ -219,6 +219,10 @@ def test_register_then_load_by_name_role_and_path(tmp_path):
     register_weights(registry.parent / "g1-old.safetensors", name="g1-old", registry=registry)
     assert [e.name for e in list_models(registry)].count("g1-old") == 1
     assert default_model("deblur", registry).name == "g1-old"
+    # retraining and exporting over a registered file replaces it (its old hash is not held against it)
+    save_generator(tiny("deblur", seed=9), registry.parent / "g1-old.safetensors", "deblur", {"steps": 9})
+    register_weights(registry.parent / "g1-old.safetensors", name="g1-old", registry=registry)
+    assert load_generator("g1-old", registry=registry).metadata["steps"] == "9"
 
 
 def test_shipped_file_is_checked_against_its_hash(tmp_path):

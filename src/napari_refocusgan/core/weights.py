@@ -237,7 +237,8 @@ def register_weights(
     ``metadata``: the training model card (command, data, steps, time, …); ``default``: make it the
     default of its role (clearing the flag on the others of that role).
     """
-    model = load_generator(path, role=role)
+    # validated on its own: a re-export replaces a shipped file whose old hash is still registered
+    model = load_generator(Path(path), role=role, registry=registry, as_new_file=True)
     reg_path, raw = _read_registry(registry)
     file = os.path.relpath(Path(path).resolve(), reg_path.resolve().parent)
     entry = ModelEntry(
@@ -286,7 +287,9 @@ def _sniff_safetensors(path: Path) -> None:
     raise RefocusError(f"{path} is not a safetensors file (or it is truncated/corrupt).")
 
 
-def _resolve(spec: str | os.PathLike | None, role: str | None, registry) -> tuple[Path, ModelEntry | None]:
+def _resolve(
+    spec: str | os.PathLike | None, role: str | None, registry, as_new_file: bool = False
+) -> tuple[Path, ModelEntry | None]:
     if spec is None or (isinstance(spec, str) and spec in ROLES):
         entry = default_model(role if spec is None else spec, registry)
         return entry.path, entry
@@ -300,6 +303,8 @@ def _resolve(spec: str | os.PathLike | None, role: str | None, registry) -> tupl
         raise RefocusError(f"weights {str(spec)!r}: no such file and no such registered name (registered: {names}).")
     if path.is_dir():
         raise RefocusError(f"weights {path} is a folder; pass a .safetensors file.")
+    if as_new_file:
+        return path, None
     resolved = path.resolve()
     shipped = next((e for e in list_models(registry) if e.path == resolved), None)
     return path, shipped
@@ -311,6 +316,7 @@ def load_generator(
     *,
     role: str | None = None,
     registry: str | os.PathLike | None = None,
+    as_new_file: bool = False,
 ) -> LoadedModel:
     """Load generator weights, checked, in eval mode on ``device``.
 
@@ -318,6 +324,8 @@ def load_generator(
     ``.safetensors`` file; None means the default for ``role``. ``role``: when given, the file must hold
     a generator of that role. Shipped files are checked against the registry's sha256 and config; every
     file's keys and shapes must match its config. Every failure is a :class:`RefocusError`.
+    ``as_new_file``: a path is checked on its own, not against a registry entry for the same file (used
+    when that entry is about to be replaced).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -325,7 +333,7 @@ def load_generator(
         raise RefocusError(f"role must be one of {', '.join(ROLES)}, got {role!r}.")
     if spec is None and role is None:
         raise RefocusError("say which weights to load: a role, a registered name or a .safetensors path.")
-    path, entry = _resolve(spec, role, registry)
+    path, entry = _resolve(spec, role, registry, as_new_file)
     if not path.exists():
         raise RefocusError(f"shipped weights {entry.name!r} are missing: {path} (reinstall the package).")
     try:
