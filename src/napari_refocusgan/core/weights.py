@@ -139,6 +139,9 @@ def save_generator(
     tmp = path.with_name(path.name + ".part")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files 0600; weights are meant to be shared
         os.replace(tmp, path)  # never leave a half-written weights file under the final name
     except Exception as exc:  # safetensors reports I/O problems with its own exception types
         tmp.unlink(missing_ok=True)
