@@ -219,3 +219,16 @@ def test_view_grid_folders_are_training_light_fields_and_hci_is_test_only(tmp_pa
     views = data.read_views(root / "garden")
     assert views.shape == (3, 3, 8, 8, 3)
     np.testing.assert_allclose(views[1, 2, 0, 0, 0], 23 / 255, atol=1e-6)  # row 2, column 3 (1-based)
+
+
+def test_clean_prob_leaves_inputs_without_noise_or_jpeg(cache):
+    noisy = build_dataset("deblur", split="val", config=make_config(cache))
+    clean = build_dataset("deblur", split="val", config=make_config(cache, clean_prob=1.0))
+    seed = data.split_seeds("val", 1)[0]
+    stack = _cached_scene(cache, seed).stack
+    o = (SIZE - CROP) // 2
+    for k in (0, 7):
+        expected = stack[k, o : o + CROP, o : o + CROP]
+        got = clean[k]["input"][:3].permute(1, 2, 0).numpy() * 0.5 + 0.5
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert not np.allclose(noisy[k]["input"][:3].permute(1, 2, 0).numpy() * 0.5 + 0.5, expected, atol=1e-6)

@@ -53,6 +53,7 @@ _OVERRIDES = [
     ("--tail-init-std", float, "std of the generator's last conv at the start (default 0: exact identity)"),
     ("--scene-size", int, "synthetic scene size in pixels"),
     ("--train-scenes", int, "number of training scenes"),
+    ("--clean-prob", float, "share of training inputs left clean (no sensor noise or JPEG; default 0)"),
     ("--val-scenes", int, "number of validation scenes"),
     ("--cache-dir", str, "folder of rendered training scenes, reused across runs (default runs/cache)"),
     ("--val-size", int, "validation items scored every --val-every steps"),

@@ -57,6 +57,7 @@ class TrainConfig:
     radiance: str = "true"
     data_paths: list[str] = field(default_factory=list)
     test_scenes: int = 16
+    clean_prob: float = 0.0  # share of training inputs left without sensor noise and JPEG
     cache_dir: str = "runs/cache"  # rendered scenes, reused across runs
     cache_workers: int | None = None  # processes rendering the cache (None: the data module's default)
 

@@ -87,6 +87,7 @@ class Augment:
     noise_prob: float = 0.5  # on top of the scene's own sensor noise level
     max_noise: float = 0.015
     identity_prob: float = 0.1  # deblur: a sharp image that must come out unchanged
+    clean_prob: float = 0.0  # input left clean (no sensor noise, no JPEG): clean inputs must not be smoothed
     flips: bool = True
 
     @staticmethod
@@ -97,6 +98,7 @@ class Augment:
             jpeg_prob=float(_cfg(config, "jpeg_prob", base.jpeg_prob)),
             noise_prob=float(_cfg(config, "noise_prob", base.noise_prob)),
             identity_prob=float(_cfg(config, "identity_prob", base.identity_prob)),
+            clean_prob=float(_cfg(config, "clean_prob", base.clean_prob)),
         )
 
 
@@ -370,7 +372,9 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
 
 
 def degrade_input(image: np.ndarray, rng: np.random.Generator, scene_noise: float, aug: Augment) -> np.ndarray:
-    """Sensor noise then JPEG on an input image (never on the target)."""
+    """Sensor noise then JPEG on an input image (never on the target); with ``clean_prob``, none."""
+    if aug.clean_prob > 0 and rng.random() < aug.clean_prob:
+        return image
     out = image
     sigma = scene_noise + (rng.uniform(0, aug.max_noise) if rng.random() < aug.noise_prob else 0.0)
     if sigma > 0:
