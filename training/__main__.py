@@ -17,7 +17,7 @@ from pathlib import Path
 
 from napari_refocusgan.core.errors import RefocusError
 
-from .configs import PERCEPTUAL_CHOICES, PRESETS, REFOCUS_DELTAS, TASKS, TrainConfig, get_config
+from .configs import PERCEPTUAL_CHOICES, PRESETS, REFOCUS_DELTAS, TASKS, TrainConfig, get_config, radiance_source
 
 PROG = "python -m training"
 
@@ -31,7 +31,8 @@ def _bool(text: str) -> bool:
 
 
 def _radiance(text: str) -> str:
-    if text == "true" or (text.startswith(("g1:", "mix:")) and len(text.partition(":")[2]) > 0):
+    kind, path = radiance_source(text)
+    if kind == "true" or (kind is not None and path):
         return text
     raise argparse.ArgumentTypeError("expected 'true', 'g1:PATH' or 'mix:PATH' (PATH: an exported G1 .safetensors)")
 
@@ -50,7 +51,6 @@ _OVERRIDES = [
     ("--perceptual-weight", float, "weight of the content term (paper 100)"),
     ("--pixel-weight", float, "weight of an extra pixel MSE term (DeblurGAN-v2 used 0.5)"),
     ("--lr", float, "Adam learning rate (paper 1e-4)"),
-    ("--tail-init-std", float, "std of the generator's last conv at the start (default 0: exact identity)"),
     ("--scene-size", int, "synthetic scene size in pixels"),
     ("--train-scenes", int, "number of training scenes"),
     ("--clean-prob", float, "share of training inputs left clean (no sensor noise or JPEG; default 0)"),
@@ -118,8 +118,8 @@ def _config_from_args(args) -> TrainConfig:
         del fields["name"], fields["task"]
         return get_config(saved.name, saved.task, **fields)
     cfg = get_config(args.config, args.task, **overrides)
-    g1_path = cfg.radiance.partition(":")[2]
-    if cfg.radiance != "true" and not Path(g1_path).is_file():
+    kind, g1_path = radiance_source(cfg.radiance)
+    if kind != "true" and not Path(g1_path).is_file():
         raise RefocusError(f"--radiance {cfg.radiance}: no G1 weights or checkpoint at {g1_path}")
     return cfg
 

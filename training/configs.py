@@ -27,6 +27,15 @@ REFOCUS_DELTAS: dict[str, tuple[float, ...]] = {
 }
 
 
+def radiance_source(text: str) -> tuple[str | None, str]:
+    """A ``--radiance`` value → (kind, G1 weights path): ("true", ""), ("g1", PATH) or ("mix", PATH);
+    kind None when the text is none of these."""
+    if text == "true":
+        return "true", ""
+    kind, sep, path = text.partition(":")
+    return (kind, path) if sep and kind in ("g1", "mix") else (None, "")
+
+
 @dataclass
 class TrainConfig:
     """Everything one training run needs. Fields left ``None`` take the task's default."""
@@ -73,10 +82,6 @@ class TrainConfig:
     perceptual_weight: float = 100.0
     pixel_weight: float = 0.0  # DeblurGAN-v2 mixed 0.5·MSE into the content loss
     vgg_weights: str | None = None
-
-    # the generator's last conv starts at zero (an exact identity); a small N(0, std) start instead gives
-    # the layers before it a gradient from the first step
-    tail_init_std: float = 0.0
 
     # optimiser: Adam, constant lr for the first half, then linear decay to 0
     lr: float = 1e-4
@@ -132,7 +137,7 @@ class TrainConfig:
             raise RefocusError(f"crop must be a multiple of 4 and at least 16 pixels, got {self.crop}")
         if self.crop > self.scene_size:
             raise RefocusError(f"crop {self.crop} is larger than the scenes ({self.scene_size})")
-        if self.radiance != "true" and not self.radiance.startswith(("g1:", "mix:")):
+        if radiance_source(self.radiance)[0] is None:
             raise RefocusError(f"--radiance must be 'true', 'g1:PATH' or 'mix:PATH', got {self.radiance!r}")
         for name in ("batch_size", "critic_steps", "log_every", "val_every", "ckpt_every"):
             if getattr(self, name) < 1 and not (name == "critic_steps" and self.adv_weight == 0):

@@ -53,6 +53,8 @@ from napari_refocusgan.core.focalstack import StackConfig, centre_view, focal_st
 from napari_refocusgan.core.focus import focus_channel
 from napari_refocusgan.core.synthetic import Photometric, apply_photometric, render_scene
 
+from .configs import radiance_source
+
 TASKS = ("deblur", "refocus")
 SPLITS = ("train", "val", "test")
 VAL_SEED_BASE = 500_000
@@ -561,14 +563,15 @@ class FocalStackPairs(Dataset):
 
     def _radiance(self, scene: CachedScene, i: int, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         source = self.radiance_source or "true"
-        if source == "true" or (source.startswith("mix:") and rng.random() < 0.5):
+        kind, g1_path = radiance_source(source)
+        if kind == "true" or (kind == "mix" and rng.random() < 0.5):
             return scene.centre
         # "g1:PATH" (or the other half of "mix:PATH"): the deblurring network's output on this (degraded)
         # input, as at inference
         if self._g1 is None:
             from napari_refocusgan.core.weights import load_generator
 
-            self._g1 = load_generator(source.partition(":")[2] if ":" in source else source)
+            self._g1 = load_generator(g1_path if kind is not None else source)  # a bare path: G1 weights
         from napari_refocusgan.core.inference import deblur
 
         return np.asarray(deblur(image, self._g1), dtype=np.float32)

@@ -46,6 +46,7 @@ from napari_refocusgan.core.errors import RefocusError
 from napari_refocusgan.core.focalstack import StackConfig, centre_view, focal_stack
 
 from . import data
+from .configs import radiance_source
 
 # In-focus / out-of-focus masks, in slices of |disparity − slope|: half a slice is a blur disk under
 # 0.3 px over 7×7 views (sharp); beyond two slices the disk exceeds 1.2 px (visibly blurred).
@@ -159,7 +160,7 @@ def load_model(spec: str):
 def training_radiance(model) -> str:
     """What radiance a G2 was trained on, from its model card: "true", "G1" or "true or G1"."""
     source = str(getattr(model, "metadata", {}).get("radiance", "true"))
-    return {"true": "true", "g1": "G1", "mix": "true or G1"}.get(source.partition(":")[0], source)
+    return {"true": "true", "g1": "G1", "mix": "true or G1"}.get(radiance_source(source)[0], source)
 
 
 def _generator(model) -> torch.nn.Module:

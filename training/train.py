@@ -217,8 +217,6 @@ class Trainer:
         self.device = torch.device(device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"))
         self.gen_cfg = cfg.generator_config()
         self.generator = Generator(self.gen_cfg)
-        if cfg.tail_init_std > 0:
-            nn.init.normal_(self.generator.tail[1].weight, 0.0, cfg.tail_init_std)
         cond_channels = self.gen_cfg.in_channels + self._delta_channel
         self.critic = PatchCritic(cond_channels + 3, ndf=cfg.ndf, n_layers=cfg.critic_layers)
         self.content = ContentLoss(cfg.perceptual, cfg.vgg_weights if cfg.perceptual == "vgg19" else None)

@@ -10,7 +10,7 @@ import numpy as np
 from ..core.errors import RefocusError
 from ..core.focalstack import StackConfig, centre_view, focal_stack, parse_keep
 from ..core.focus import SMLParams, sml
-from ..core.imaging import read_image, write_image
+from ..core.imaging import from_float, read_image, write_image
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     centre = np.clip(centre_view(scene.views), 0, 1).astype(np.float32)
     written = [
         write_image(out / "focal_stack.tif", stack),
-        write_image(out / "centre_view.png", _to_uint8(centre)),
+        write_image(out / "centre_view.png", from_float(centre, np.uint8)),
         write_image(out / "disparity.tif", scene.disparity),
         write_image(out / "sml.tif", sml(stack)),
     ]
@@ -119,19 +119,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     image = np.clip(stack[k], 0, 1)
     print(f"input: slice {k + 1} of {len(stack)} (slope {slopes[k]:+.3f} px/view); PSNR against the truth, "
           "identity = the input itself")  # fmt: skip
-    print(f"wrote {write_image(out / 'input_slice.png', _to_uint8(image))}")
+    print(f"wrote {write_image(out / 'input_slice.png', from_float(image, np.uint8))}")
     radiance = deblur(image, g1, device=device)
-    path = write_image(out / "radiance.png", _to_uint8(radiance))
+    path = write_image(out / "radiance.png", from_float(radiance, np.uint8))
     print(f"wrote {path}: G1 {g1.name}, {psnr(centre, radiance, data_range=1):.2f} dB against the centre view "
           f"(identity {psnr(centre, image, data_range=1):.2f} dB)")  # fmt: skip
     for delta in DEMO_DELTAS:
         target = np.clip(stack[k + delta], 0, 1)
         result = refocus(image, delta, g2, radiance=radiance, device=device)
-        path = write_image(out / f"refocus_delta{delta:+d}.png", _to_uint8(result))
+        path = write_image(out / f"refocus_delta{delta:+d}.png", from_float(result, np.uint8))
         print(f"wrote {path}: G2 {g2.name}, δ = {delta:+d}, {psnr(target, result, data_range=1):.2f} dB against "
               f"slice {k + delta + 1} (identity {psnr(target, image, data_range=1):.2f} dB)")  # fmt: skip
     return 0
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)

@@ -126,12 +126,17 @@ class DeltaEmbedding(nn.Module):
         self.deltas = tuple(cfg.deltas)
         n = DELTA_MAP_SIZE * DELTA_MAP_SIZE
         if self.mode == "onehot":
-            self.net = nn.Linear(len(self.deltas), n)
+            self.net = nn.Linear(self.encoded_width(cfg), n)
         else:
             lo, hi = cfg.delta_range
             self.register_buffer("centre", torch.tensor((lo + hi) / 2))
             self.register_buffer("half_span", torch.tensor(max((hi - lo) / 2, 1.0)))
             self.net = nn.Sequential(nn.Linear(1, 64), nn.ReLU(True), nn.Linear(64, n))
+
+    @staticmethod
+    def encoded_width(cfg: GeneratorConfig) -> int:
+        """K of :meth:`encode`'s (N, K) output: one-hot over the δ values, or one scalar."""
+        return len(cfg.deltas) if cfg.delta_mode == "onehot" else 1
 
     def encode(self, delta: torch.Tensor) -> torch.Tensor:
         """(N,) δ values → (N, K) network input."""
@@ -156,8 +161,7 @@ class DeltaModulation(nn.Module):
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
         self.channels, self.n_blocks = 4 * cfg.ngf, cfg.n_blocks
-        n_in = len(cfg.deltas) if cfg.delta_mode == "onehot" else 1
-        self.net = nn.Sequential(nn.Linear(n_in, 64), nn.ReLU(True), nn.Linear(64, 2 * self.channels * self.n_blocks))
+        self.net = nn.Sequential(nn.Linear(DeltaEmbedding.encoded_width(cfg), 64), nn.ReLU(True), nn.Linear(64, 2 * self.channels * self.n_blocks))
 
     def forward(self, encoded_delta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``encoded_delta``: :meth:`DeltaEmbedding.encode`'s (N, K) output."""
