@@ -107,7 +107,24 @@ def test_focal_stack_uses_central_views_and_reports_progress():
     stack, slopes, cfg = focal_stack(views, progress=lambda d, t: calls.append((d, t)))
     assert stack.shape == (10, 8, 8, 3) and stack.dtype == np.float32
     np.testing.assert_allclose(stack, 1.0, atol=1e-6)
-    assert calls[-1] == (10, 10)
+    done, total = zip(*calls)
+    assert list(done) == list(range(1, total[0] + 1)) and set(total) == {total[0]}
+
+
+def test_large_light_fields_are_split_into_bands_and_slope_groups_with_the_same_result(monkeypatch):
+    import napari_refocusgan.core.focalstack as fs
+
+    rng = np.random.default_rng(3)
+    views = rng.random((5, 5, 40, 36, 3), dtype=np.float32)
+    slopes = StackConfig(keep=None).all_slopes()[::3]
+    whole = shift_and_sum(views, slopes).numpy()
+    row_bytes = 5 * 3 * 36 * 4  # one row of the x-pass output for one slope
+    for scratch in (row_bytes * 60 * 4, row_bytes * 20):  # a few slopes per group; then row bands of one slope
+        monkeypatch.setattr(fs, "_SCRATCH_BYTES", scratch)
+        calls = []
+        split = shift_and_sum(views, slopes, progress=lambda d, t: calls.append((d, t))).numpy()
+        assert calls[-1][1] > 1 and calls[-1][0] == calls[-1][1]
+        np.testing.assert_allclose(split, whole, atol=1e-6)
 
 
 def test_cancel_stops_between_slices():

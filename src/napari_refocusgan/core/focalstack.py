@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import RefocusError
 
@@ -122,48 +124,114 @@ def shift_and_sum(
     """Refocused slices of a view grid, one per slope.
 
     ``views``: (R, C, H, W, ch) float (numpy or torch). Returns a torch tensor (S, H, W, ch) on ``device``.
-    Separable cubic interpolation: per slope, each grid row is x-shifted and summed, then the row sums
-    are y-shifted and summed.
+    Separable Keys cubic interpolation with edge replication: per slope, each grid row is x-shifted and
+    summed, then the row sums are y-shifted and summed. Both passes are convolutions whose taps are the
+    interpolation weights: the x pass takes the grid columns as input channels and gives every slope at
+    once (one pass over the views instead of one per slope and tap), the y pass is depthwise over slopes.
+    ``progress`` counts (row band × slope group) units; ``cancel`` is checked before each.
     """
     v = _as_tensor(views, device)
     if v.ndim != 5:
         raise RefocusError(f"views must be (rows, cols, H, W, channels); got shape {tuple(v.shape)}.")
     n_r, n_c, h, w, ch = v.shape
     slopes = [float(a) for a in np.atleast_1d(np.asarray(slopes, dtype=np.float64))]
-    rc, cc = (n_r - 1) / 2, (n_c - 1) / 2
-    pad = int(math.ceil(max(abs(a) for a in slopes) * max(rc, cc, 0))) + 2  # + cubic support
-    # (R, C, ch, H, W), edge-replicated once for all slopes
-    vp = torch.nn.functional.pad(
-        v.permute(0, 1, 4, 2, 3).reshape(n_r * n_c, ch, h, w), (pad, pad, pad, pad), mode="replicate"
-    ).reshape(n_r, n_c, ch, h + 2 * pad, w + 2 * pad)
-    out = torch.empty((len(slopes), ch, h, w), dtype=torch.float32, device=v.device)
-    # Work in bands of output rows (bounded scratch memory for big light fields), every slope of a band
-    # before the next band so that the band's views are read from memory once. On 2 CPU threads large
-    # bands measured fastest (per-op overhead outweighs cache misses); GPUs take the whole image at once.
-    band = h if v.device.type != "cpu" else max(8, _CPU_BAND_BYTES // (n_r * ch * (w + 2 * pad) * 4) - 2 * pad)
-    rows = torch.empty((n_r, ch, min(band, h) + 2 * pad, w), dtype=torch.float32, device=v.device)
-    starts = list(range(0, h, band))
-    for b, y0 in enumerate(starts):
-        bh = min(band, h - y0)
-        rows_b = rows[:, :, : bh + 2 * pad]
-        for k, a in enumerate(slopes):
+    x_taps = [[_cubic_taps(a * (c - (n_c - 1) / 2)) for c in range(n_c)] for a in slopes]
+    y_taps = [[_cubic_taps(a * (r - (n_r - 1) / 2)) for r in range(n_r)] for a in slopes]
+    x_lo, x_hi = _offset_range(x_taps)
+    y_lo, y_hi = _offset_range(y_taps)
+    padded = _padded_for_x_pass(v, (y_lo, y_hi), (x_lo, x_hi))
+    n_s = len(slopes)
+    wx = _tap_weights(x_taps, x_lo, x_hi - x_lo + 1, v.device) / (n_r * n_c)  # (S, C, 1, kx): the mean
+    wy = _tap_weights(y_taps, y_lo, y_hi - y_lo + 1, v.device).transpose(2, 3)  # (S, R, ky, 1)
+    ky = y_hi - y_lo + 1
+    band, group = _work_units(n_s, h, ky, n_r * ch * w * 4, v.device)
+    units = [(y0, k0) for y0 in range(0, h, band) for k0 in range(0, n_s, group)]
+    out = torch.empty((n_s, h, w, ch), dtype=torch.float32, device=v.device)
+    with _exact_float32(v.device):
+        for done, (y0, k0) in enumerate(units):
             if cancel is not None and cancel():
                 raise Cancelled()
-            rows_b.zero_()
-            for c in range(n_c):
-                src = vp[:, c, :, y0 : y0 + bh + 2 * pad]
-                _add_shifted(rows_b, src, a * (c - cc), pad, w, dim=-1)
-            acc = out[k, :, y0 : y0 + bh]
-            acc.zero_()
-            for r in range(n_r):
-                _add_shifted(acc, rows_b[r], a * (r - rc), pad, bh, dim=-2)
+            bh, ks = min(band, h - y0), slice(k0, min(k0 + group, n_s))
+            n_k = ks.stop - ks.start
+            src = padded[:, :, y0 : y0 + bh + ky - 1].reshape(n_r * ch, bh + ky - 1, -1, n_c).permute(0, 3, 1, 2)
+            src = src.contiguous(memory_format=torch.channels_last)  # a view already, unless banded
+            wx_k = wx[ks].contiguous(memory_format=torch.channels_last)
+            acc = None
+            for r in range(n_r):  # one grid row at a time: its x-pass output (ch, S, rows, W) stays in cache
+                rows = F.conv2d(src[r * ch : (r + 1) * ch], wx_k)
+                part = F.conv2d(rows, wy[ks, r : r + 1].contiguous(), groups=n_k)
+                acc = part if acc is None else acc.add_(part)  # (ch, S, bh, W)
+            out[ks, y0 : y0 + bh] = acc.permute(1, 2, 3, 0)
             if progress is not None:
-                progress(b * len(slopes) + k + 1, len(starts) * len(slopes))
-    out.mul_(1.0 / (n_r * n_c))
-    return out.permute(0, 2, 3, 1)
+                progress(done + 1, len(units))
+    return out
 
 
-_CPU_BAND_BYTES = 64 << 20  # measured: larger bands win on 2 threads (per-op overhead beats cache misses)
+def _padded_for_x_pass(v: torch.Tensor, y_range: tuple[int, int], x_range: tuple[int, int]) -> torch.Tensor:
+    """(R, C, H, W, ch) views → (R, ch, H + ky − 1, W + kx − 1, C), edges replicated: the memory order of
+    the x pass's channels_last input (views as channels). Row j is image row j + y_lo, column i is i + x_lo."""
+    n_r, n_c, h, w, ch = v.shape
+    (y_lo, y_hi), (x_lo, x_hi) = y_range, x_range
+    top, left = max(0, -y_lo), max(0, -x_lo)  # offsets may all be ≥ 0 (or ≤ 0) for one-sided slopes
+    full_h, full_w = max(h, h + y_hi) + top, max(w, w + x_hi) + left
+    p = torch.empty((n_r, ch, full_h, full_w, n_c), dtype=v.dtype, device=v.device)
+    p[:, :, top : top + h, left : left + w] = v.permute(0, 4, 2, 3, 1)
+    p[:, :, :top] = p[:, :, top : top + 1]
+    p[:, :, top + h :] = p[:, :, top + h - 1 : top + h]
+    p[:, :, :, :left] = p[:, :, :, left : left + 1]
+    p[:, :, :, left + w :] = p[:, :, :, left + w - 1 : left + w]
+    return p[:, :, top + y_lo : top + h + y_hi, left + x_lo : left + w + x_hi]
+
+
+# Scratch for the x pass's output (R·ch·S·rows·W floats): one band and every slope for ordinary light
+# fields; larger ones are split by slope, then by rows.
+_SCRATCH_BYTES = 512 << 20
+
+
+def _work_units(n_slopes: int, h: int, ky: int, bytes_per_row_and_slope: int, device) -> tuple[int, int]:
+    """(rows per band, slopes per group) keeping the x-pass output within :data:`_SCRATCH_BYTES`."""
+    budget = _SCRATCH_BYTES * (4 if device.type == "cuda" else 1)
+    per_slope = bytes_per_row_and_slope * (h + ky - 1)
+    if per_slope * n_slopes <= budget:
+        return h, n_slopes
+    if per_slope <= budget:
+        return h, max(1, budget // per_slope)
+    return max(8, budget // bytes_per_row_and_slope - (ky - 1)), 1
+
+
+def _exact_float32(device):
+    """cuDNN may compute float32 convolutions in TF32 (10-bit mantissa); the slices must be float32-exact."""
+    if device.type != "cuda":
+        return nullcontext()
+    b = torch.backends.cudnn
+    return b.flags(enabled=b.enabled, benchmark=b.benchmark, deterministic=b.deterministic, allow_tf32=False)
+
+
+def _cubic_taps(shift: float) -> dict[int, float]:
+    """Offset → weight of sampling at (index + shift) with Keys cubic convolution.
+
+    Cubic rather than bilinear: bilinear low-passes fractional shifts much more than integer ones, which
+    biases the sharpest slice towards slopes whose shifts happen to be whole pixels."""
+    i = math.floor(shift)
+    f = shift - i
+    if f < 1e-9:
+        return {i: 1.0}
+    return {i + tap: weight for tap, weight in zip((-1, 0, 1, 2), _cubic_weights(f))}
+
+
+def _offset_range(taps: list[list[dict[int, float]]]) -> tuple[int, int]:
+    offsets = [o for per_slope in taps for per_view in per_slope for o in per_view]
+    return min(offsets), max(offsets)
+
+
+def _tap_weights(taps: list[list[dict[int, float]]], lo: int, k: int, device) -> torch.Tensor:
+    """(S, views, 1, k) convolution weights: tap j is offset lo + j (convolutions here correlate)."""
+    weights = torch.zeros((len(taps), len(taps[0]), 1, k), dtype=torch.float64)
+    for s, per_slope in enumerate(taps):
+        for view, per_view in enumerate(per_slope):
+            for offset, weight in per_view.items():
+                weights[s, view, 0, offset - lo] = weight
+    return weights.to(device=device, dtype=torch.float32)
 
 
 def _cubic_weights(f: float) -> tuple[float, float, float, float]:
@@ -177,21 +245,6 @@ def _cubic_weights(f: float) -> tuple[float, float, float, float]:
         return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a
 
     return far(1 + f), near(f), near(1 - f), far(2 - f)
-
-
-def _add_shifted(acc: torch.Tensor, src: torch.Tensor, shift: float, pad: int, n: int, dim: int) -> None:
-    """acc += src sampled at (index + shift) along ``dim`` with cubic convolution (src padded by ``pad``).
-
-    Cubic rather than bilinear: bilinear low-passes fractional shifts much more than integer ones, which
-    biases the sharpest slice towards slopes whose shifts happen to be whole pixels."""
-    i = math.floor(shift)
-    f = shift - i
-    start = pad + i
-    if f < 1e-9:
-        acc.add_(src.narrow(dim, start, n))
-        return
-    for tap, weight in zip((-1, 0, 1, 2), _cubic_weights(f)):
-        acc.add_(src.narrow(dim, start + tap, n), alpha=weight)
 
 
 def peak_histogram(stack: torch.Tensor) -> np.ndarray:
