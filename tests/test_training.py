@@ -234,6 +234,78 @@ def test_sigint_saves_a_checkpoint_and_stops_at_the_step_boundary(tmp_path):
     assert signal.getsignal(signal.SIGINT) is handler  # restored
 
 
+def _training_script(tmp_path, body: str) -> Path:
+    """A script that trains the smoke G1 on the in-memory pairs, run in its own process."""
+    script = tmp_path / "run_training.py"
+    script.write_text(FAKE_DATASET + textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        import torch
+        from training.configs import get_config
+        from training import train as train_mod
+    ''') + textwrap.dedent(body))  # fmt: skip
+    return script
+
+
+def _rows(log: Path) -> int:
+    return len(log.read_text().splitlines()) - 1 if log.exists() else 0
+
+
+def test_sigterm_to_a_training_process_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import time
+
+    run = tmp_path / "run"
+    script = _training_script(tmp_path, f'''
+        cfg = get_config("smoke", "deblur", steps=100000, ckpt_every=100000, log_every=1, val_size=0)
+        result = train_mod.train(cfg, {str(run)!r}, progress=False, dataset=PairDataset("deblur"))
+        print("stopped at", result.step, result.stopped_early)
+    ''')  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while _rows(run / "log.csv") < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    step = load_checkpoint(run / "last.pt")["step"]
+    assert 3 <= step < 100000 and f"stopped at {step} True" in out
+    resumed = train(smoke(steps=step + 2), run, resume=True, progress=False, **datasets())
+    assert resumed.step == step + 2 and not resumed.stopped_early
+
+
+def test_sigkill_in_the_middle_of_writing_a_checkpoint_leaves_the_previous_one_readable(tmp_path):
+    run = tmp_path / "run"
+    script = _training_script(tmp_path, f'''
+        import os, signal
+        saves = 0
+        real_save = torch.save
+
+        def save_then_die(obj, f, *args, **kwargs):
+            global saves
+            saves += 1
+            if saves == 2:  # the second checkpoint: half written, then the process is killed
+                f.write(b"PK\\x03\\x04 half a checkpoint")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_save(obj, f, *args, **kwargs)
+
+        train_mod.torch.save = save_then_die
+        cfg = get_config("smoke", "deblur", steps=100, ckpt_every=2, val_size=0)
+        train_mod.train(cfg, {str(run)!r}, progress=False, dataset=PairDataset("deblur"))
+    ''')  # fmt: skip
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert any(p.name.startswith("last.pt.tmp") for p in run.iterdir())  # the torn write, left behind
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+    resumed = train(smoke(steps=4), run, resume=True, progress=False, **datasets())
+    assert resumed.step == 4
+
+
 def test_ddp_with_two_gloo_processes(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(FAKE_DATASET + textwrap.dedent(f'''
@@ -243,9 +315,20 @@ def test_ddp_with_two_gloo_processes(tmp_path):
         from training.configs import get_config
         from training.train import train
 
+        import torch
+        import training.train as train_mod
+
+        trainers = []  # this rank's Trainer, to compare the ranks' weights afterwards
+        real_init = train_mod.Trainer.__init__
+        def recording_init(self, *args, **kwargs):
+            real_init(self, *args, **kwargs)
+            trainers.append(self)
+        train_mod.Trainer.__init__ = recording_init
+
         cfg = get_config("smoke", "refocus", steps=3, batch_size=1, threads=1)
         result = train(cfg, {str(tmp_path / "run")!r}, progress=False, dataset=PairDataset("refocus", n=4, channels=6),
                        val_dataset=PairDataset("refocus", n=2, channels=6))
+        torch.save(trainers[0].generator.state_dict(), {str(tmp_path)!r} + f"/weights{{dist.get_rank()}}.pt")
         with open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.txt", "w") as f:
             f.write(f"{{dist.get_world_size()}} {{result.step}}")
         dist.destroy_process_group()
@@ -257,6 +340,12 @@ def test_ddp_with_two_gloo_processes(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["2 3", "2 3"]
+    # each rank saw different items, yet gradient averaging kept the weights identical, and they moved
+    w0, w1 = (torch.load(tmp_path / f"weights{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    ckpt_weights = load_checkpoint(tmp_path / "run" / "last.pt")["generator"]
+    assert all(torch.equal(w0[k], ckpt_weights[k]) for k in w0)
+    assert not torch.equal(w0["tail.1.weight"], torch.zeros_like(w0["tail.1.weight"]))
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["step"] == 3 and len(ckpt["rng"]) == 2
     # the model card counts the effective batch: one item per process
@@ -287,6 +376,42 @@ def test_export_then_plugin_load_gives_identical_outputs(tmp_path):
     (entry,) = list_models(registry)
     assert (entry.name, entry.role, entry.default) == ("smoke-g2", "refocus", True)
     assert entry.training["train_config"] == "smoke" and entry.path == out.resolve()
+
+
+def test_init_weights_fine_tunes_from_an_export_and_new_heads_start_as_identity(tmp_path):
+    """--init-weights: the file's tensors are copied in; a head it lacks (G2's blur gains, added since the
+    file was trained) starts at zero, so the first output equals the file's; a file of another size fails."""
+    import dataclasses
+
+    from napari_refocusgan.core.networks import Generator
+    from napari_refocusgan.core.weights import file_sha256, save_generator
+    from training.train import Trainer, generator_from_checkpoint
+
+    cfg = smoke("refocus", steps=1)
+    old_cfg = dataclasses.replace(cfg.generator_config(), detail_sigmas=())  # as G2s were saved before
+    torch.manual_seed(5)
+    old = Generator(old_cfg)
+    for p in old.parameters():  # trained-looking weights: the zero-initialised heads too
+        torch.nn.init.normal_(p, 0, 0.05)
+    path = tmp_path / "old.safetensors"
+    save_generator(old.eval(), path, "refocus")
+
+    result = train(dataclasses.replace(cfg, init_weights=str(path)), tmp_path / "run", progress=False,
+                   **datasets("refocus"))  # fmt: skip
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["metadata"]["init_weights"] == f"old.safetensors (sha256 {file_sha256(path)})"
+    trainer = Trainer(dataclasses.replace(cfg, init_weights=str(path)))
+    trainer.init_generator(str(path))
+    new = trainer.generator.eval()
+    assert not new.detail[1].weight.any() and not new.detail[1].bias.any()
+    x = torch.rand(1, 6, 32, 32) * 0.6 - 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(new(x, torch.tensor([4.0])), old(x, torch.tensor([4.0])))
+    assert generator_from_checkpoint(ckpt).detail[1].weight.shape == new.detail[1].weight.shape
+
+    bigger = Trainer(smoke("refocus", steps=1, ngf=8))
+    with pytest.raises(RefocusError, match="do not fit this network"):
+        bigger.init_generator(str(path))
 
 
 def test_cli_export_of_a_deblur_run(tmp_path, capsys):

@@ -85,6 +85,9 @@ def _add_train(sub) -> None:
                    help="G2's radiance input: true (centre view), g1:PATH (an exported G1 .safetensors, as at "
                         "inference) or mix:PATH (either, at random per item)")  # fmt: skip
     p.add_argument("--no-sml", action="store_const", const=True, help="G1 without the SML focus channel")
+    p.add_argument("--init-weights", type=Path,
+                   help="start the generator from these exported weights (.safetensors) and fine-tune; output "
+                        "heads the file lacks start as the identity")  # fmt: skip
     p.add_argument("--channels-last", type=_bool, metavar="BOOL", help="channels_last memory format")
     p.add_argument("--bf16", type=_bool, metavar="BOOL", help="bf16 autocast")
     p.add_argument("--compile", type=_bool, metavar="BOOL", help="torch.compile the generator")
@@ -104,6 +107,7 @@ def _config_from_args(args) -> TrainConfig:
                      "channels_last", "bf16", "compile", "critic_sees_delta")  # fmt: skip
     }
     overrides["vgg_weights"] = str(args.vgg_weights) if args.vgg_weights else None
+    overrides["init_weights"] = str(args.init_weights) if args.init_weights else None
     for flag, _, _ in _OVERRIDES:
         name = flag[2:].replace("-", "_")
         overrides[name] = getattr(args, name)

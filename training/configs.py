@@ -65,6 +65,9 @@ class TrainConfig:
     # (either, at random per item: G2 learns to use a sharp radiance and not to rely on one)
     radiance: str = "true"
     data_paths: list[str] = field(default_factory=list)
+    # start the generator from exported weights (.safetensors) instead of a fresh initialisation; heads
+    # the file lacks keep their usual (identity) start
+    init_weights: str | None = None
     test_scenes: int = 16
     clean_prob: float = 0.0  # share of training inputs left without sensor noise and JPEG
     cache_dir: str = "runs/cache"  # rendered scenes, reused across runs

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from napari_refocusgan.core.errors import RefocusError
 from napari_refocusgan.core.networks import Generator, GeneratorConfig
+from napari_refocusgan.core.weights import file_sha256
 
 from .configs import TrainConfig
 from .losses import ContentLoss, PatchCritic, critic_loss, generator_adversarial_loss
@@ -229,6 +230,7 @@ class Trainer:
         schedule = lambda step: lr_factor(step, total_steps)  # noqa: E731
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, schedule)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, schedule)
+        self.init_sha256 = ""
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -243,6 +245,21 @@ class Trainer:
         if cfg.compile:
             # the generator only: the critic's gradient penalty needs double backward, which compile lacks
             self.g_net = torch.compile(self.g_net, dynamic=False)  # crops never change size within a run
+
+    def init_generator(self, spec: str) -> None:
+        """Copy the weights of an exported generator into this one (fine-tuning). Every tensor of the file
+        must exist here with the same shape; tensors it lacks (a head added since) keep their start."""
+        from napari_refocusgan.core.weights import load_generator
+
+        loaded = load_generator(spec, role="deblur" if self.cfg.task == "deblur" else "refocus", as_new_file=True)
+        source, own = loaded.generator.state_dict(), self.generator.state_dict()
+        wrong = [k for k, v in source.items() if k not in own or own[k].shape != v.shape]
+        if wrong:
+            raise RefocusError(f"--init-weights {spec}: {len(wrong)} tensor(s) do not fit this network "
+                               f"(e.g. {', '.join(wrong[:3])}); it needs the same size and δ setting")  # fmt: skip
+        own.update(source)
+        self.generator.load_state_dict(own)
+        self.init_sha256 = file_sha256(loaded.source)
 
     def autocast(self):
         """bf16 autocast when the config asks for it (weights, optimiser and losses stay float32)."""
@@ -351,6 +368,7 @@ class Trainer:
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
             "rng": rng_states,
+            "init_sha256": self.init_sha256,
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -361,6 +379,7 @@ class Trainer:
         self.sched_g.load_state_dict(ckpt["sched_g"])
         self.sched_d.load_state_dict(ckpt["sched_d"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        self.init_sha256 = ckpt.get("init_sha256", "")
 
     def metadata(self) -> dict[str, str]:
         """The model card: how these weights were trained (strings, for safetensors metadata)."""
@@ -380,6 +399,7 @@ class Trainer:
             "seed": str(cfg.seed),
             "lr": str(cfg.lr),
             "command": _training_command(),
+            **({"init_weights": f"{Path(cfg.init_weights).name} (sha256 {self.init_sha256})"} if cfg.init_weights else {}),
             **self.content.describe(),
         }
         if cfg.task == "deblur":
@@ -499,6 +519,8 @@ def train(
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     trainer = Trainer(cfg, rank=rank, world=world, total_steps=total_steps)
     seed_everything(cfg.seed + 1000 * (rank + 1))  # then each rank its own stream (dropout, crops, GP mixing)
+    if ckpt is None and cfg.init_weights:
+        trainer.init_generator(cfg.init_weights)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
         set_rng_state(ckpt["rng"][rank]["global"])
