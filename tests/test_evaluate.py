@@ -151,3 +151,36 @@ def test_the_g2_row_names_the_radiance_it_was_trained_on():
     assert ev.training_radiance(SimpleNamespace(metadata={"radiance": "mix:w.safetensors"})) == "true or G1"
     assert ev.training_radiance(SimpleNamespace(metadata={"radiance": "g1:w.safetensors"})) == "G1"
     assert ev.training_radiance(SimpleNamespace(metadata={})) == "true"
+
+
+def _view_grid(folder: Path, seed: int, n: int = 7, size: int = 24) -> None:
+    """A NAME_RR_CC view folder of a textured plane displaced by one pixel per view."""
+    import imageio.v3 as iio
+
+    folder.mkdir(parents=True)
+    texture = (np.random.default_rng(seed).random((size, size, 3)) * 255).astype(np.uint8)
+    for r in range(n):
+        for c in range(n):
+            view = np.roll(texture, (r - n // 2, c - n // 2), axis=(0, 1))
+            iio.imwrite(folder / f"{folder.name}_{r + 1:02d}_{c + 1:02d}.png", view)
+
+
+def test_cli_scores_the_test_split_of_data_light_fields(tmp_path):
+    from training import data
+
+    names = [f"scene{i}" for i in range(200)]
+    test_names = [n for n in names if data.file_split(Path(n)) == "test"][:2]
+    train_name = next(n for n in names if data.file_split(Path(n)) == "train")
+    root = tmp_path / "lf"
+    for seed, name in enumerate([*test_names, train_name]):
+        _view_grid(root / name, seed)
+    common = ["--synthetic", "0", "--hci-variants", "", "--tables", "deblur", "--no-reference", "--no-classical"]
+    assert ev.main([*common, "--data", str(root), "--out", str(tmp_path / "eval")]) == 0
+    text = (tmp_path / "eval" / "tables.md").read_text()
+    assert "light-field test split (2 of 3)" in text
+    with open(tmp_path / "eval" / "deblur.csv") as f:
+        (identity,) = [r for r in csv.DictReader(f) if r["method"].startswith("identity")]
+    assert int(identity["items"]) == 20  # 2 light fields × 10 slices; the training one is left out
+
+    assert ev.main([*common, "--data", str(root / train_name), "--out", str(tmp_path / "eval2")]) == 0
+    assert "none of the 1 light field(s)" in (tmp_path / "eval2" / "tables.md").read_text()
