@@ -5,10 +5,12 @@ crops, for a plain eager float32 loop and the speed-ups (channels_last, bf16 aut
     python benchmarks/bench_training.py                       # everything (slow: the paper config is big)
     python benchmarks/bench_training.py --configs cpu --crops 128 --steps 4
     python benchmarks/bench_training.py --variants eager bf16+cl
+    python benchmarks/bench_training.py --perceptual vgg19    # with the paper's VGG19 conv3_3 loss
 
 Each figure is the fastest of ``--steps`` timed steps after warm-up (other processes on a shared machine
 only ever make a step slower), with the variants interleaved step by step so that a change in load hits
-them alike. Random tensors stand in for data: the data pipeline is not timed here.
+them alike. Random tensors stand in for data: the data pipeline is not timed here. ImageNet weights cannot be
+downloaded here, so ``--perceptual vgg19`` times VGG19 with random weights (the cost is the same).
 """
 
 from __future__ import annotations
@@ -56,15 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (cpu config)")
     parser.add_argument("--paper-steps", type=int, default=1, help="timed steps per variant (paper config)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--perceptual", default="l1", choices=["l1", "vgg19"], help="content loss (default l1)")
     args = parser.parse_args(argv)
+    vgg_weights = _random_vgg19_file() if args.perceptual == "vgg19" else None
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, task {args.task}")
+    print(f"torch {torch.__version__}, {args.threads} threads, task {args.task}, content loss {args.perceptual}")
     print(f"{'config':7s} {'crop':>5s} {'batch':>5s} {'variant':18s} {'s/step':>8s} {'samples/s':>10s} {'vs eager':>8s}")
     for name in args.configs:
         for crop in args.crops:
-            # the paper's perceptual loss needs ImageNet weights that are not here: time it with the pixel
-            # loss (VGG up to conv3_3 would add the same cost to every variant)
-            base = get_config(name, args.task, crop=crop, scene_size=max(crop, 256), perceptual="l1")
+            base = get_config(name, args.task, crop=crop, scene_size=max(crop, 256), perceptual=args.perceptual,
+                              vgg_weights=vgg_weights)  # fmt: skip
             torch._dynamo.reset()  # compile afresh for this size
             trainers, batches = {}, {}
             for v in args.variants:
@@ -88,6 +91,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:7s} {crop:5d} {base.batch_size:5d} {v:18s} {best[v]:8.2f} {base.batch_size / best[v]:10.2f} {ratio:7.2f}x")
             sys.stdout.flush()
     return 0
+
+
+def _random_vgg19_file() -> str:
+    """VGG19 conv1_1…conv3_3 with random weights in a temporary safetensors file (timing only)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from training.losses import VGG19Conv33
+
+    torch.manual_seed(0)
+    state = {f"features.{k}": v.contiguous() for k, v in VGG19Conv33().features.state_dict().items()}
+    path = Path(tempfile.mkdtemp()) / "vgg19_random.safetensors"
+    save_file(state, str(path))
+    return str(path)
 
 
 if __name__ == "__main__":

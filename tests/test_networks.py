@@ -106,6 +106,34 @@ def test_g1_detail_gains_are_unsharp_masks_at_their_sigmas():
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+def test_g2_detail_gains_blur_the_input_and_the_radiance():
+    """G2's gains act on RGB (first 3) and radiance (last 3): gain −1 at σ gives the Gaussian blur at σ, so
+    G2 can blur what leaves focus and re-blur the radiance where the target is only partly sharper."""
+    import math
+
+    from scipy import ndimage
+
+    torch.manual_seed(0)
+    model = Generator(refocus_config(ngf=4, n_blocks=1)).eval()
+    assert model.cfg.detail_sigmas == (1.0, 2.0, 4.0) and model.detail[1].out_channels == 6
+    x = _batch(1) * 0.3
+
+    def blurred(channels, sigma):
+        return ndimage.gaussian_filter(x[:, channels].numpy(), (0, 0, sigma, sigma), mode="nearest", truncate=4.0)
+
+    for blend_bias, gain_index, expected in (
+        (0.0, 2, lambda: blurred(slice(0, 3), 4.0)),  # keep the input, blur it by σ = 4
+        (20.0, 4, lambda: blurred(slice(3, 6), 2.0)),  # take the radiance, blur it by σ = 2
+    ):
+        torch.nn.init.constant_(model.blend[1].bias, blend_bias)
+        bias = torch.zeros(6)
+        bias[gain_index] = math.atanh(-0.5)  # gain 2·tanh = −1
+        with torch.no_grad():
+            model.detail[1].bias.copy_(bias)
+            out = model(x, torch.tensor([5.0])).numpy()
+        np.testing.assert_allclose(out, expected(), atol=1e-5)
+
+
 def test_configs_saved_before_detail_sigmas_have_none():
     old = deblur_config(ngf=4, n_blocks=1).to_dict()
     del old["detail_sigmas"]

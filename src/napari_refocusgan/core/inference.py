@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .blur_compare import gaussian_kernel1d
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn
 from .focus import SMLParams, focus_channel
@@ -114,8 +115,10 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 def receptive_field(config: GeneratorConfig) -> int:
     """How far (pixels) an output pixel sees: 7×7 head and tail, two stride-2 convs and two transposed
-    ones (±1 px at 1/2 and 1/4 size), and two 3×3 convs at 1/4 size per residual block."""
-    return 3 + 1 + 2 + 8 * config.n_blocks + 4 + 2 + 3
+    ones (±1 px at 1/2 and 1/4 size), and two 3×3 convs at 1/4 size per residual block; at least the
+    reach of the output head's Gaussian blurs."""
+    blur_reach = max((len(gaussian_kernel1d(s)) // 2 for s in config.detail_sigmas), default=0)
+    return max(3 + 1 + 2 + 8 * config.n_blocks + 4 + 2 + 3, blur_reach)
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,12 @@ class GeneratorConfig:
     # synthesise; m only has to follow depth and δ, which vary slowly, and the detail comes from the
     # radiance. m = 1 focuses a pixel fully, m < 0 blurs it further (extrapolates away from the radiance).
     radiance_blend: bool = False
-    # G1: out also adds g_k·(rgb − Gaussian_σk(rgb)) with per-pixel gains g_k ∈ (−2, 2) from the decoder: a
-    # learned, spatially varying unsharp mask at each σ_k (px), for the same reason as the radiance blend.
-    # The gains go to 0 where the image is already sharp; unsharp masking is the special case of one constant
-    # gain. Empty in configs saved before it existed.
+    # out also adds g_k·(src − Gaussian_σk(src)) with per-pixel gains g_k ∈ (−2, 2) from the decoder, for each
+    # σ_k (px) and each source image: the RGB input, and for G2 with radiance_blend also the radiance. A
+    # learned, spatially varying unsharp mask (g > 0) or blur (g = −1 gives Gaussian_σk(src)), for the same
+    # reason as the radiance blend. G1 sharpens with it and leaves sharp pixels alone (g = 0; unsharp masking
+    # is one constant gain); G2 blurs what moves out of focus, and re-blurs the radiance where the target is
+    # sharper than the input but not in focus. Empty in configs saved before it existed.
     detail_sigmas: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
@@ -203,7 +205,8 @@ class Generator(nn.Module):
                 raise ValueError("radiance_blend needs the radiance as input channels 3..5 (in_channels=6)")
             self.blend = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, 1, 7), nn.Tanh())
         if cfg.detail_sigmas:
-            self.detail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, len(cfg.detail_sigmas), 7), nn.Tanh())
+            n_gains = len(cfg.detail_sigmas) * len(self.detail_sources(cfg))
+            self.detail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, n_gains, 7), nn.Tanh())
         if cfg.focus_gate:
             # gate = sigmoid(scale · (shift − focus)): ≈1 on blurred pixels, smaller on sharp ones; learned.
             self.gate_scale = nn.Parameter(torch.tensor(2.0))
@@ -216,6 +219,11 @@ class Generator(nn.Module):
             nn.init.zeros_(self.blend[1].weight)
         if cfg.detail_sigmas:
             nn.init.zeros_(self.detail[1].weight)
+
+    @staticmethod
+    def detail_sources(cfg: GeneratorConfig) -> tuple[slice, ...]:
+        """Input channels of the images that the detail gains act on: RGB, plus the radiance for G2."""
+        return (slice(0, 3), slice(3, 6)) if cfg.radiance_blend else (slice(0, 3),)
 
     def block_modulations(self, delta: torch.Tensor) -> list | None:
         """Each residual block's (scale, shift) for ``delta`` (N,), or None without δ modulation."""
@@ -247,8 +255,12 @@ class Generator(nn.Module):
             residual = residual + self.blend(features) * (x[:, 3:6] - rgb)
         if self.cfg.detail_sigmas:
             gains = 2 * self.detail(features)
-            for k, sigma in enumerate(self.cfg.detail_sigmas):
-                residual = residual + gains[:, k : k + 1] * (rgb - gaussian_blur_torch(rgb, sigma))
+            k = 0
+            for channels in self.detail_sources(self.cfg):
+                src = x[:, channels]
+                for sigma in self.cfg.detail_sigmas:
+                    residual = residual + gains[:, k : k + 1] * (src - gaussian_blur_torch(src, sigma))
+                    k += 1
         return torch.clamp(rgb + residual, -1, 1)
 
 
@@ -262,6 +274,9 @@ def _init_weights(m: nn.Module) -> None:
 
 # G1's detail scales: the blur of the kept slices spans about 0…4 px of disk radius (blur_compare.DEFAULT_RADII)
 DEBLUR_DETAIL_SIGMAS = (1.0, 2.0)
+# G2's: one δ step adds about 0.2 px of blur σ (7 views spaced 3/29 px/view), δ = ±9 about 1.9 px on
+# content in focus, more on content already out of focus
+REFOCUS_DETAIL_SIGMAS = (1.0, 2.0, 4.0)
 
 
 def deblur_config(**overrides) -> GeneratorConfig:
@@ -270,9 +285,12 @@ def deblur_config(**overrides) -> GeneratorConfig:
 
 
 def refocus_config(deltas=tuple(range(-9, 10)), mode: DeltaMode = "continuous", **overrides) -> GeneratorConfig:
-    """G2: RGB + radiance with δ. Default: continuous δ trained on −9..+9, δ-modulated blocks and, with a
-    radiance input, the radiance blend."""
-    settings = {"in_channels": 6, "delta_mode": mode, "deltas": tuple(float(d) for d in deltas), "delta_modulation": True}
+    """G2: RGB + radiance with δ. Default: continuous δ trained on −9..+9, δ-modulated blocks, learned
+    blurs at :data:`REFOCUS_DETAIL_SIGMAS` and, with a radiance input, the radiance blend."""
+    settings = {
+        "in_channels": 6, "delta_mode": mode, "deltas": tuple(float(d) for d in deltas), "delta_modulation": True,
+        "detail_sigmas": REFOCUS_DETAIL_SIGMAS,
+    }  # fmt: skip
     settings.update(overrides)
     settings.setdefault("radiance_blend", settings["in_channels"] == 6)
     return GeneratorConfig(**settings)
