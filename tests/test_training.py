@@ -168,6 +168,27 @@ def test_content_loss_decreases_when_overfitting_one_batch(tmp_path):
     assert last < 0.7 * first, (first, last)
 
 
+def test_ssim_term_matches_the_evaluation_metric_and_decreases_on_one_batch(tmp_path):
+    from skimage.metrics import structural_similarity
+
+    from training.losses import ssim_loss
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(2, 3, 40, 40, generator=g)
+    fake = (real + 0.1 * torch.randn(real.shape, generator=g)).clamp(0, 1)
+    expected = sum(structural_similarity(r.permute(1, 2, 0).numpy(), f.permute(1, 2, 0).numpy(), channel_axis=2,
+                                         data_range=1) for r, f in zip(real, fake)) / 2  # fmt: skip
+    assert float(1 - ssim_loss(fake * 2 - 1, real * 2 - 1)) == pytest.approx(expected, abs=2e-3)
+    assert float(ssim_loss(real, real)) == pytest.approx(0, abs=1e-6)
+
+    cfg = smoke(steps=40, lr=1e-3, val_size=0, log_every=40, ckpt_every=40, perceptual="none", adv_weight=0,
+                ssim_weight=1.0)  # fmt: skip
+    result = train(cfg, tmp_path / "run", progress=False, **datasets(n=1))
+    term = [row["loss_ssim"] for row in result.history]
+    assert sum(term[-5:]) / 5 < 0.8 * sum(term[:5]) / 5, term
+    assert load_checkpoint(result.checkpoint)["metadata"]["ssim_weight"] == "1.0"
+
+
 def _log(run: Path) -> list[dict]:
     with open(run / "log.csv", newline="") as f:
         return list(csv.DictReader(f))

@@ -84,6 +84,7 @@ class TrainConfig:
     perceptual: str = "vgg19"
     perceptual_weight: float = 100.0
     pixel_weight: float = 0.0  # DeblurGAN-v2 mixed 0.5·MSE into the content loss
+    ssim_weight: float = 0.0  # weight of a 1 − SSIM term (the metric of the quality bar)
     vgg_weights: str | None = None
 
     # optimiser: Adam, constant lr for the first half, then linear decay to 0

@@ -134,6 +134,17 @@ def load_vgg19_conv33(path: str | os.PathLike | None = None) -> VGG19Conv33:
     return net
 
 
+def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """1 − SSIM of images in [-1, 1], with the evaluation's window (scikit-image's default: uniform 7×7,
+    K1 = 0.01, K2 = 0.03) on the [0, 1] scale, averaged over channels and the batch."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    ssim = structural_similarity_index_measure(
+        (fake + 1) / 2, (real + 1) / 2, gaussian_kernel=False, kernel_size=7, data_range=1.0
+    )
+    return 1 - ssim
+
+
 class ContentLoss(nn.Module):
     """The generator's content term: ``vgg19`` (MSE of conv3_3 features, the paper's perceptual loss),
     ``l1`` or ``l2`` (pixel losses), or ``none`` (zero). ``describe()`` is what the checkpoint and the

@@ -40,13 +40,13 @@ from napari_refocusgan.core.networks import Generator, GeneratorConfig
 from napari_refocusgan.core.weights import file_sha256
 
 from .configs import TrainConfig
-from .losses import ContentLoss, PatchCritic, critic_loss, generator_adversarial_loss
+from .losses import ContentLoss, PatchCritic, critic_loss, generator_adversarial_loss, ssim_loss
 
 CHECKPOINT_NAME = "last.pt"
 LOG_NAME = "log.csv"
 CHECKPOINT_FORMAT = 1
 LOG_FIELDS = [
-    "step", "epoch", "time_s", "lr", "loss_g", "loss_adv", "loss_content", "loss_pixel", "loss_d", "w_dist",
+    "step", "epoch", "time_s", "lr", "loss_g", "loss_adv", "loss_content", "loss_pixel", "loss_ssim", "loss_d", "w_dist",
     "gp", "val_psnr", "val_ssim",
 ]  # fmt: skip
 
@@ -313,6 +313,10 @@ class Trainer:
             pixel = F.mse_loss(fake, y)
             loss_g = loss_g + cfg.pixel_weight * pixel
             stats["loss_pixel"] = float(pixel.detach())
+        if cfg.ssim_weight:
+            dissimilarity = ssim_loss(fake.float(), y)
+            loss_g = loss_g + cfg.ssim_weight * dissimilarity
+            stats["loss_ssim"] = float(dissimilarity.detach())
         if cfg.adversarial:
             with self.autocast():
                 adv = generator_adversarial_loss(self.critic, cond, fake).float()
@@ -394,6 +398,7 @@ class Trainer:
             "critic_steps": str(cfg.critic_steps),
             "perceptual_weight": str(cfg.perceptual_weight),
             "pixel_weight": str(cfg.pixel_weight),
+            **({"ssim_weight": str(cfg.ssim_weight)} if cfg.ssim_weight else {}),
             "train_scenes": str(cfg.train_scenes),
             "data": ";".join(cfg.data_paths) or "synthetic",
             "seed": str(cfg.seed),
