@@ -263,6 +263,22 @@ def test_progress_cancel_and_model_state_are_handled(g1):
     np.testing.assert_allclose(deblur(img, g), deblur(img, make(deblur_config(ngf=6, n_blocks=1), seed=9)), atol=1e-6)
 
 
+def test_an_untiled_forward_stops_between_residual_blocks_when_cancelled():
+    img = textured(64, 64)
+    g = make(deblur_config(ngf=4, n_blocks=3), seed=2)
+    checks = []
+
+    def cancel_inside_the_forward():
+        checks.append(1)
+        return len(checks) == 3  # the first check is before the forward; the next ones are between blocks
+
+    with pytest.raises(Cancelled):
+        deblur(img, g, tile=0, cancel=cancel_inside_the_forward)
+    assert len(checks) == 3
+    assert not any(b._forward_pre_hooks for b in g.blocks) and not g.up._forward_pre_hooks  # hooks removed
+    np.testing.assert_allclose(deblur(img, g), deblur(img, make(deblur_config(ngf=4, n_blocks=3), seed=2)), atol=1e-6)
+
+
 def test_loaded_models_carry_their_sml_parameters(tmp_path, g1):
     path = tmp_path / "g1.safetensors"
     params = SMLParams(step=2, window=3, threshold=0.0)

@@ -491,7 +491,13 @@ def _forward(generator, x, delta, settings, device, autocast, tracker) -> torch.
     tile = settings.tile_for(hp, wp, generator.cfg)
     if tile is None:
         tracker.check()
-        y = _run(generator, x, delta, device, autocast)[0]
+        # and between residual blocks, so that a large untiled image stops within a fraction of a forward
+        hooks = [m.register_forward_pre_hook(lambda *_: tracker.check()) for m in (*generator.blocks, generator.up)]
+        try:
+            y = _run(generator, x, delta, device, autocast)[0]
+        finally:
+            for h in hooks:
+                h.remove()
         tracker.step()
         return y
     return _tiled_forward(generator, x, delta, tile, settings, device, autocast, tracker)
