@@ -72,7 +72,7 @@ def lightfield_layers(lf: LightField) -> list[LayerDataTuple]:
             default = lf.metadata.get("default_lambda")
             default = 0.0 if default is None else float(default)
             k = int(np.argmin([abs(float(v) - default) for v in lf.stack_labels]))
-            reference = np.ascontiguousarray(stack[k], dtype=np.float32)
+            reference = np.array(stack[k], dtype=np.float32)  # its own copy: a layer of its own
             reference_name = f"{stem} default-focus slice (λ = {float(lf.stack_labels[k]):+.2f})"
     if stack is not None:
         layers.append(

@@ -48,6 +48,6 @@ def make_sample_scene() -> list[tuple]:
                          "metadata": {**source, "note": "centre view of the 7×7 light field"}}, "image"),
         (disparity.copy(), {"name": DISPARITY_NAME, "colormap": "viridis", "visible": False,
                             "metadata": {**source, "units": "px per view step (= focal-stack slope)"}}, "image"),
-        (np.ascontiguousarray(stack, dtype=np.float32), {"name": FOCAL_STACK_NAME, "rgb": True,
+        (stack.astype(np.float32, copy=True), {"name": FOCAL_STACK_NAME, "rgb": True,
                                                          "contrast_limits": (0.0, 1.0), "metadata": stack_meta}, "image"),
     ]  # fmt: skip
