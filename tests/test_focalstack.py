@@ -118,7 +118,7 @@ def test_large_light_fields_are_split_into_bands_and_slope_groups_with_the_same_
     views = rng.random((5, 5, 40, 36, 3), dtype=np.float32)
     slopes = StackConfig(keep=None).all_slopes()[::3]
     whole = shift_and_sum(views, slopes).numpy()
-    row_bytes = 5 * 3 * 36 * 4  # one row of the x-pass output for one slope
+    row_bytes = 3 * 36 * 4  # one image row of one grid row's x-pass output, for one slope
     for scratch in (row_bytes * 60 * 4, row_bytes * 20):  # a few slopes per group; then row bands of one slope
         monkeypatch.setattr(fs, "_SCRATCH_BYTES", scratch)
         calls = []

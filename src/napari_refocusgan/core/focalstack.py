@@ -144,7 +144,7 @@ def shift_and_sum(
     wx = _tap_weights(x_taps, x_lo, x_hi - x_lo + 1, v.device) / (n_r * n_c)  # (S, C, 1, kx): the mean
     wy = _tap_weights(y_taps, y_lo, y_hi - y_lo + 1, v.device).transpose(2, 3)  # (S, R, ky, 1)
     ky = y_hi - y_lo + 1
-    band, group = _work_units(n_s, h, ky, n_r * ch * w * 4, v.device)
+    band, group = _work_units(n_s, h, ky, ch * w * 4)
     units = [(y0, k0) for y0 in range(0, h, band) for k0 in range(0, n_s, group)]
     out = torch.empty((n_s, h, w, ch), dtype=torch.float32, device=v.device)
     with _exact_float32(v.device):
@@ -183,14 +183,14 @@ def _padded_for_x_pass(v: torch.Tensor, y_range: tuple[int, int], x_range: tuple
     return p[:, :, top + y_lo : top + h + y_hi, left + x_lo : left + w + x_hi]
 
 
-# Scratch for the x pass's output (R·ch·S·rows·W floats): one band and every slope for ordinary light
-# fields; larger ones are split by slope, then by rows.
-_SCRATCH_BYTES = 512 << 20
+# Scratch for the x-pass output of one grid row (ch·S·rows·W floats): one band and every slope for
+# ordinary light fields; larger ones are split by slope, then by rows.
+_SCRATCH_BYTES = 256 << 20
 
 
-def _work_units(n_slopes: int, h: int, ky: int, bytes_per_row_and_slope: int, device) -> tuple[int, int]:
+def _work_units(n_slopes: int, h: int, ky: int, bytes_per_row_and_slope: int) -> tuple[int, int]:
     """(rows per band, slopes per group) keeping the x-pass output within :data:`_SCRATCH_BYTES`."""
-    budget = _SCRATCH_BYTES * (4 if device.type == "cuda" else 1)
+    budget = _SCRATCH_BYTES
     per_slope = bytes_per_row_and_slope * (h + ky - 1)
     if per_slope * n_slopes <= budget:
         return h, n_slopes
