@@ -264,7 +264,6 @@ class Generator(nn.Module):
                     k += 1
         return torch.clamp(rgb + residual, -1, 1)
 
-
     def _heads(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The output heads (tail, then blend and detail when present: each reflection pad, 7×7 conv, tanh)
         as one convolution with their weights stacked: a 7×7 conv over ngf full-resolution channels costs
