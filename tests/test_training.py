@@ -445,6 +445,25 @@ def test_cli_export_of_a_deblur_run(tmp_path, capsys):
     assert model.config.in_channels == 4 and model.metadata["sml_channel"] == "true"
     assert cli_main(["export", str(tmp_path / "nothing.pt"), "-o", str(out)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    assert cli_main(["export", str(tmp_path / "run"), "-o", str(out), "--metric", "psnr=1"]) == 2
+    assert "add --registry" in capsys.readouterr().err
+
+
+def test_cli_export_records_metrics_in_the_registry_entry(tmp_path, monkeypatch, capsys):
+    from napari_refocusgan.core import weights
+
+    registry = tmp_path / "registry.json"
+    monkeypatch.setattr(weights, "REGISTRY_PATH", registry)  # not the shipped registry
+    train(smoke(steps=1), tmp_path / "run", progress=False, **datasets())
+    out = tmp_path / "g1.safetensors"
+    args = ["export", str(tmp_path / "run"), "-o", str(out), "--name", "g1-m", "--registry",
+            "--metric", "psnr_gain_db_synthetic=0.43", "--metric", "ssim_synthetic=0.868"]  # fmt: skip
+    assert cli_main(args) == 0
+    (entry,) = weights.list_models(registry)
+    assert entry.metrics == {"psnr_gain_db_synthetic": 0.43, "ssim_synthetic": 0.868}
+    with pytest.raises(SystemExit):
+        cli_main(["export", str(tmp_path / "run"), "-o", str(out), "--registry", "--metric", "psnr"])
+    assert "NAME=NUMBER" in capsys.readouterr().err
 
 
 def test_cli_reports_a_missing_or_empty_data_path_without_traceback(tmp_path, capsys):

@@ -148,13 +148,28 @@ def _add_export(sub) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="weights file (.safetensors)")
     p.add_argument("--name", help="name in the weights registry (default: the file's stem)")
     p.add_argument("--registry", action="store_true", help="add/update the entry in the plugin's registry")
+    p.add_argument("--metric", action="append", default=[], type=_metric, metavar="NAME=VALUE",
+                   help="a measured result for the registry entry, e.g. psnr_gain_db_synthetic=0.9 (repeatable)")  # fmt: skip
     p.set_defaults(func=_cmd_export)
+
+
+def _metric(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not (sep and name.strip()):
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--metric must look like NAME=NUMBER, got {text!r}") from None
 
 
 def _cmd_export(args) -> int:
     from .export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.output, name=args.name, registry=args.registry)
+    if args.metric and not args.registry:
+        raise RefocusError("--metric values go into the registry entry: add --registry")
+    out = export_checkpoint(args.checkpoint, args.output, name=args.name, registry=args.registry,
+                            metrics=dict(args.metric))  # fmt: skip
     print(out)
     return 0
 

@@ -29,11 +29,13 @@ def export_checkpoint(
     name: str | None = None,
     registry: bool = False,
     registry_path: str | os.PathLike | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> Path:
     """Write the generator of ``checkpoint`` (a run's ``last.pt`` or the run folder) to ``weights_path``
     with :func:`napari_refocusgan.core.weights.save_generator`, the training metadata being its model
     card. With ``registry``, add or update its entry (as the default of its role) in the plugin's
-    registry (or ``registry_path``) under ``name`` (default: the file's stem)."""
+    registry (or ``registry_path``) under ``name`` (default: the file's stem), with ``metrics`` (measured
+    results) in the entry."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         checkpoint = checkpoint / CHECKPOINT_NAME
@@ -50,5 +52,6 @@ def export_checkpoint(
         raise RefocusError(f"cannot write {out}: folder {out.parent} does not exist")
     weights.save_generator(model, out, role, card)
     if registry:
-        weights.register_weights(out, name=name or out.stem, role=role, metadata=card, registry=registry_path)
+        weights.register_weights(out, name=name or out.stem, role=role, metadata=card, metrics=metrics,
+                                 registry=registry_path)  # fmt: skip
     return out
