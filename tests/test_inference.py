@@ -386,3 +386,42 @@ def test_slight_float_overshoot_is_clipped_like_the_boundary(g1):
     over[1, 1] = -0.02
     clipped = np.clip(over, 0, 1)
     np.testing.assert_array_equal(deblur(over, g1), deblur(clipped, g1))
+
+
+def test_a_delta_change_reuses_the_encoder_and_blurs_and_gives_the_same_output(monkeypatch):
+    """Only δ changed: the δ-free encoder output and source blurs are reused, and the output equals that of
+    an independent copy of the network; a new radiance or a weight update recomputes them."""
+    import copy
+
+    import napari_refocusgan.core.inference as inf
+
+    g = make(refocus_config(ngf=4, n_blocks=1), seed=4)
+    for p in g.parameters():
+        torch.nn.init.normal_(p, 0, 0.05)
+    img, rad, other = textured(40, 44), textured(40, 44, seed=7), textured(40, 44, seed=8)
+
+    pristine = copy.deepcopy(g)
+
+    def expected(radiance, delta):
+        twin = copy.deepcopy(pristine)  # another generator: its own cache entry, computed from scratch
+        return refocus(img, delta, twin, radiance=radiance, tile=0)
+
+    encodes = []
+    real_encode = g.encode
+    monkeypatch.setattr(g, "encode", lambda x: encodes.append(1) or real_encode(x))
+    inf._delta_cache.clear()
+    first = refocus(img, 3.0, g, radiance=rad, tile=0)
+    second = refocus(img, -6.0, g, radiance=rad, tile=0)
+    assert len(encodes) == 1  # the δ change reused the encoder output
+    np.testing.assert_array_equal(first, expected(rad, 3.0))
+    np.testing.assert_array_equal(second, expected(rad, -6.0))
+    assert not np.array_equal(first, second)
+
+    np.testing.assert_array_equal(refocus(img, -6.0, g, radiance=other, tile=0), expected(other, -6.0))
+    assert len(encodes) == 2  # a new radiance
+    with torch.no_grad():
+        g.head[1].weight.mul_(1.5)  # weights changed in place
+        pristine.head[1].weight.mul_(1.5)
+    changed = refocus(img, -6.0, g, radiance=other, tile=0)
+    assert len(encodes) == 3
+    np.testing.assert_array_equal(changed, expected(other, -6.0))

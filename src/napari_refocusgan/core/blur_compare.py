@@ -20,6 +20,7 @@ moment matches a disk of radius ≈ 2·sqrt(((n²−1)/12))·Δ (4Δ for 7×7 vi
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +91,20 @@ def gaussian_blur_torch(x: torch.Tensor, sigma: float) -> torch.Tensor:
     flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), kt.view(1, 1, 1, -1))
     flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="replicate"), kt.view(1, 1, -1, 1))
     return flat.reshape(n, c, h, w)
+
+
+def gaussian_blurs_torch(x: torch.Tensor, sigmas) -> list[torch.Tensor]:
+    """:func:`gaussian_blur_torch` of ``x`` at each σ. On the CPU without autograd the σ run side by side
+    in threads (scipy releases the GIL), up to torch's thread count: the generators' output heads need
+    several blurs of the same image, and one alone uses a single core."""
+    sigmas = list(sigmas)
+    if x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()) or len(sigmas) < 2:
+        return [gaussian_blur_torch(x, s) for s in sigmas]
+    workers = min(len(sigmas), torch.get_num_threads())
+    if workers < 2:
+        return [gaussian_blur_torch(x, s) for s in sigmas]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda s: gaussian_blur_torch(x, s), sigmas))
 
 
 def defocus_blur_torch(x: torch.Tensor, radius: float, kernel: str = "disk") -> torch.Tensor:

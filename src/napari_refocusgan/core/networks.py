@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blur_compare import gaussian_blur_torch
+from .blur_compare import gaussian_blurs_torch
 
 DeltaMode = Literal["none", "onehot", "continuous"]
 
@@ -231,8 +231,28 @@ class Generator(nn.Module):
             return None
         return self.modulation(self.delta.encode(delta))
 
-    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.down(self.head(x))
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder (head and down-sampling) up to the bottleneck: the part that never sees δ."""
+        return self.down(self.head(x))
+
+    def source_blurs(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """The Gaussian blurs of the detail head's source images (channels 0..2, or 0..5 with the radiance),
+        one per σ; None without a detail head. They depend on ``x`` only, not on δ."""
+        if not self.cfg.detail_sigmas:
+            return None
+        return gaussian_blurs_torch(x[:, : 3 * len(self.detail_sources(self.cfg))], self.cfg.detail_sigmas)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor | None = None,
+        *,
+        encoded: torch.Tensor | None = None,
+        blurs: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``encoded`` / ``blurs``: :meth:`encode` and :meth:`source_blurs` of this ``x``, computed earlier
+        (inference reuses them when only δ changes)."""
+        y = self.encode(x) if encoded is None else encoded
         modulations = None
         if self.cfg.delta_mode != "none":
             if delta is None:
@@ -242,9 +262,9 @@ class Generator(nn.Module):
             modulations = self.block_modulations(delta)
         for k, block in enumerate(self.blocks):
             y = block(y, None if modulations is None else modulations[k])
-        return self.output(x, self.up(y))
+        return self.output(x, self.up(y), blurs)
 
-    def output(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def output(self, x: torch.Tensor, features: torch.Tensor, blurs: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The last layers: decoder ``features`` (N, ngf, H, W) and the input ``x`` → the image. Tiled
         inference calls this too, so that both paths share one definition."""
         heads = iter(self._heads(features))
@@ -256,11 +276,12 @@ class Generator(nn.Module):
             residual = residual + next(heads) * (x[:, 3:6] - rgb)
         if self.cfg.detail_sigmas:
             gains = 2 * next(heads)
+            blurs = self.source_blurs(x) if blurs is None else blurs
             k = 0
             for channels in self.detail_sources(self.cfg):
                 src = x[:, channels]
-                for sigma in self.cfg.detail_sigmas:
-                    residual = residual + gains[:, k : k + 1] * (src - gaussian_blur_torch(src, sigma))
+                for b in blurs:
+                    residual = torch.addcmul(residual, gains[:, k : k + 1], src - b[:, channels])
                     k += 1
         return torch.clamp(rgb + residual, -1, 1)
 
