@@ -425,3 +425,6 @@ def test_a_delta_change_reuses_the_encoder_and_blurs_and_gives_the_same_output(m
     changed = refocus(img, -6.0, g, radiance=other, tile=0)
     assert len(encodes) == 3
     np.testing.assert_array_equal(changed, expected(other, -6.0))
+    g.load_state_dict(pristine.state_dict())  # new weights loaded into the same network
+    refocus(img, -6.0, g, radiance=other, tile=0)
+    assert len(encodes) == 4

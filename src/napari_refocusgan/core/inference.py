@@ -527,9 +527,10 @@ DELTA_CACHE_MAX_PIXELS = 1 << 20
 def _delta_free_parts(generator, x, x_cpu, device, autocast):
     if x.shape[-2] * x.shape[-1] > DELTA_CACHE_MAX_PIXELS:
         return None, None
-    first = generator.head[1].weight  # in-place weight updates bump its version
+    # the encoder's weights: where they live and their versions (in-place updates, load_state_dict, bump them)
+    weights = tuple((p.data_ptr(), p._version) for p in (*generator.head.parameters(), *generator.down.parameters()))
     data = np.ascontiguousarray(x_cpu.numpy())
-    key = (id(generator), first.data_ptr(), first._version, str(device), str(autocast), x.shape,
+    key = (id(generator), weights, str(device), str(autocast), x.shape,
            hashlib.blake2b(memoryview(data).cast("B"), digest_size=16).digest())  # fmt: skip
     cached_key, parts = _delta_cache.get("entry", (None, None))
     if cached_key != key:
