@@ -461,9 +461,10 @@ def test_cli_export_records_metrics_in_the_registry_entry(tmp_path, monkeypatch,
     assert cli_main(args) == 0
     (entry,) = weights.list_models(registry)
     assert entry.metrics == {"psnr_gain_db_synthetic": 0.43, "ssim_synthetic": 0.868}
-    with pytest.raises(SystemExit):
-        cli_main(["export", str(tmp_path / "run"), "-o", str(out), "--registry", "--metric", "psnr"])
-    assert "NAME=NUMBER" in capsys.readouterr().err
+    for bad in ("psnr", "psnr=nan", "=1"):  # NaN would not be valid JSON in the registry
+        with pytest.raises(SystemExit):
+            cli_main(["export", str(tmp_path / "run"), "-o", str(out), "--registry", "--metric", bad])
+        assert "NAME=NUMBER" in capsys.readouterr().err
 
 
 def test_cli_reports_a_missing_or_empty_data_path_without_traceback(tmp_path, capsys):

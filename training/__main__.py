@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -154,13 +155,14 @@ def _add_export(sub) -> None:
 
 
 def _metric(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
+    name, _, value = text.partition("=")
     try:
-        if not (sep and name.strip()):
-            raise ValueError
-        return name.strip(), float(value)
+        number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--metric must look like NAME=NUMBER, got {text!r}") from None
+        number = math.nan
+    if not (name.strip() and math.isfinite(number)):  # NaN/inf would not be valid JSON in the registry
+        raise argparse.ArgumentTypeError(f"--metric must look like NAME=NUMBER, got {text!r}")
+    return name.strip(), number
 
 
 def _cmd_export(args) -> int:

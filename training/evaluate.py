@@ -147,7 +147,7 @@ def data_scenes(data_paths: Sequence[str]) -> tuple[list[EvalScene], int]:
             continue
         scene = data.lightfield_scene(path)
         disparity = scene.get("disparity")
-        scenes.append(EvalScene(f"data/{path.name}", np.asarray(scene["stack"], np.float32), StackConfig().slopes(),
+        scenes.append(EvalScene(f"data/{path.name}", np.asarray(scene["stack"], np.float32), data.STACK.slopes(),
                                 scene["centre"], None if disparity is None else np.asarray(disparity, np.float32)))  # fmt: skip
     return scenes, len(found)
 

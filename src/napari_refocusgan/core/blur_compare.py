@@ -98,10 +98,8 @@ def gaussian_blurs_torch(x: torch.Tensor, sigmas) -> list[torch.Tensor]:
     in threads (scipy releases the GIL), up to torch's thread count: the generators' output heads need
     several blurs of the same image, and one alone uses a single core."""
     sigmas = list(sigmas)
-    if x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()) or len(sigmas) < 2:
-        return [gaussian_blur_torch(x, s) for s in sigmas]
     workers = min(len(sigmas), torch.get_num_threads())
-    if workers < 2:
+    if workers < 2 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
         return [gaussian_blur_torch(x, s) for s in sigmas]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda s: gaussian_blur_torch(x, s), sigmas))
