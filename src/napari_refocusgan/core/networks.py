@@ -288,7 +288,9 @@ class Generator(nn.Module):
     def _heads(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The output heads (tail, then blend and detail when present: each reflection pad, 7×7 conv, tanh)
         as one convolution with their weights stacked: a 7×7 conv over ngf full-resolution channels costs
-        about the same for 1 output channel as for 10, so three separate ones took three times as long."""
+        about the same for 1 output channel as for 10, so three separate ones took three times as long.
+        Only the heads' convolutions are used; the pad-conv-tanh Sequentials stay for their parameter names
+        (``tail.1.weight`` …), which every saved weights file uses."""
         convs = [self.tail[1]]
         if self.cfg.radiance_blend:
             convs.append(self.blend[1])
