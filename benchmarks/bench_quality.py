@@ -70,19 +70,18 @@ def run(args) -> int:
             _check("G1 SSIM > unsharp", ours.ssim, usm.ssim, "unsharp", ""),
         ]
         g1_radiance = methods["G1 with SML channel"]
-        rmethods = ev.refocus_methods(g2, None, g1_radiance)
+        rmethods = ev.refocus_methods([g2], None, g1_radiance)
         rmethods = {k: (fn, [FOUR]) for k, (fn, configs) in rmethods.items() if FOUR in configs}
         rrows = {r.method: r for r in ev.refocus_rows(scenes, rmethods, name) if r.deltas == FOUR}
         print(f"{name}: refocus δ ∈ {FOUR} vs slice i+δ")
         for r in rrows.values():
-            print(f"  {r.method:44s} PSNR {r.psnr:6.2f}  SSIM {r.ssim:.4f}  gain {r.gain_db:+.2f} dB")
+            print(f"  {r.method:62s} PSNR {r.psnr:6.2f}  SSIM {r.ssim:.4f}  gain {r.gain_db:+.2f} dB")
         ident_r = rrows["identity (input slice)"]
-        g1_key = f"two-stage G2, G1 radiance (trained on {ev.training_radiance(g2)})"
+        true_key, g1_key = ev.g2_method_names(g2)
         # each G2 against blur-and-compare fed the same radiance
-        for key, bc_key in ((g1_key, "blur-and-compare (G1 radiance)"),
-                            ("two-stage G2, true radiance", "blur-and-compare (true radiance)")):  # fmt: skip
+        for key, bc_key in ((g1_key, "blur-and-compare (G1 radiance)"), (true_key, "blur-and-compare (true radiance)")):
             r, bc = rrows[key], rrows[bc_key]
-            short = "G2+G1 radiance" if "G1" in key else "G2+true radiance"
+            short = "G2+G1 radiance" if key == g1_key else "G2+true radiance"
             checks += [
                 _check(f"{short} PSNR > identity", r.psnr, ident_r.psnr, "identity"),
                 _check(f"{short} PSNR > blur-and-compare", r.psnr, bc.psnr, "blur-and-compare"),

@@ -325,6 +325,8 @@ def test_sigkill_in_the_middle_of_writing_a_checkpoint_leaves_the_previous_one_r
     assert load_checkpoint(run / "last.pt")["step"] == 2
     resumed = train(smoke(steps=4), run, resume=True, progress=False, **datasets())
     assert resumed.step == 4
+    # the resumed run's first checkpoint removes the dead writer's torn file
+    assert not any(p.name.startswith("last.pt.tmp") for p in run.iterdir())
 
 
 def test_ddp_with_two_gloo_processes(tmp_path):

@@ -1,6 +1,6 @@
 """The paper's evaluation tables (Tables 1 and 2) on our data, with baselines and gains over identity.
 
-``python -m training evaluate [--g1 W] [--g1-nosml W] [--g2 W] [--g2-single W] [--hci DIR] --out DIR``
+``python -m training evaluate [--g1 W] [--g1-nosml W] [--g2 W [W ...]] [--g2-single W] [--hci DIR] --out DIR``
 writes ``tables.md`` (markdown) and ``deblur.csv`` / ``refocus.csv`` (one row per method, data set and
 δ configuration).
 
@@ -13,9 +13,10 @@ writes ``tables.md`` (markdown) and ``deblur.csv`` / ``refocus.csv`` (one row pe
   out-of-focus pixels (more than two slices away, a blur disk over 1.2 px); pixels in between count for
   neither.
 * Table 2 (refocus): slice i → slice i+δ for the paper's δ configurations (+8; {−9,−5,+5,+9}; −9..+9).
-  Rows: identity (the unrefocused input), blur-and-compare (with the true radiance, its best case),
-  single-stage G2, two-stage G2 with the true radiance, and two-stage G2 fed G1's radiance (the paper's
-  last row and the plugin's actual pipeline).
+  Rows: identity (the unrefocused input), blur-and-compare (fed the true radiance, and fed G1's),
+  single-stage G2, and each two-stage G2 given (e.g. one per δ configuration, as in the paper) with the
+  true radiance and fed G1's radiance (the paper's last row and the plugin's actual pipeline); a G2 is
+  scored on the configurations its δ covers.
 
 Data: synthetic test scenes (seeds never used in training; :func:`training.data.split_seeds`) and the
 HCI scene ``antinous`` (skipped with a note when absent) — with the paper's slice window, with the window
@@ -43,7 +44,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from napari_refocusgan.core.errors import RefocusError
-from napari_refocusgan.core.focalstack import StackConfig, centre_view, focal_stack
+from napari_refocusgan.core.focalstack import centre_view, focal_stack
 
 from . import data
 from .configs import radiance_source
@@ -103,7 +104,7 @@ class EvalScene:
     slopes: np.ndarray
     centre: np.ndarray
     disparity: np.ndarray | None = None
-    step: float = StackConfig().slope_step
+    step: float = data.STACK.slope_step
 
 
 def synthetic_scenes(count: int, size: int, cache_dir: Path, workers: int = 1) -> list[EvalScene]:
@@ -116,7 +117,7 @@ def synthetic_scenes(count: int, size: int, cache_dir: Path, workers: int = 1) -
             EvalScene(
                 name=f"synthetic/{folder.name}",
                 stack=np.asarray(s.stack, dtype=np.float32),
-                slopes=StackConfig().slopes(),
+                slopes=data.STACK.slopes(),  # the configuration the cached stacks were made with
                 centre=s.centre,
                 disparity=np.asarray(s.get("disparity"), dtype=np.float32),
             )
@@ -131,7 +132,7 @@ def hci_scene(folder: Path, variant: str = "paper") -> EvalScene:
         raise RefocusError(f"unknown HCI variant {variant!r}; choose from {', '.join(HCI_VARIANTS)}.")
     scale = 2 if variant == "half" else 1
     views = data.read_hci_views(folder, scale=scale)
-    stack, slopes, cfg = focal_stack(views, StackConfig(), keep_auto=variant == "auto")
+    stack, slopes, cfg = focal_stack(views, data.STACK, keep_auto=variant == "auto")
     disparity = data.read_hci_disparity(folder, scale=scale)
     label = f"hci/{Path(folder).name}/{variant}" + (f" (keep {cfg.keep[0]}:{cfg.keep[1]})" if variant == "auto" else "")
     return EvalScene(label, stack, np.asarray(slopes), centre_view(views), disparity, cfg.slope_step)
@@ -403,7 +404,29 @@ def deblur_methods(g1=None, g1_nosml=None, *, classical: bool = True, reference:
     return methods
 
 
-def refocus_methods(g2=None, g2_single=None, g1_radiance: Memo | None = None, *, baselines: bool = True):
+def delta_label(model) -> str:
+    """How a G2 takes δ, for row names: "continuous δ", "one-hot δ=+8", "one-hot δ ∈ {-9,-5,+5,+9}", …"""
+    cfg = _generator(model).cfg
+    if cfg.delta_mode == "continuous":
+        return "continuous δ"
+    values = sorted(round(float(d)) for d in cfg.deltas)
+    if len(values) == 1:
+        return f"one-hot δ={values[0]:+d}"
+    if len(values) > 4 and values == list(range(values[0], values[-1] + 1)):
+        return f"one-hot δ ∈ {values[0]:+d}..{values[-1]:+d}"
+    return "one-hot δ ∈ {" + ",".join(f"{v:+d}" for v in values) + "}"
+
+
+def g2_method_names(model) -> tuple[str, str]:
+    """Row names of a two-stage G2 fed the true radiance and fed G1's."""
+    label = delta_label(model)
+    return (f"two-stage G2 ({label}), true radiance",
+            f"two-stage G2 ({label}), G1 radiance (trained on {training_radiance(model)})")  # fmt: skip
+
+
+def refocus_methods(g2s: Sequence = (), g2_single=None, g1_radiance: Memo | None = None, *, baselines: bool = True):
+    """Table 2's rows: identity, blur-and-compare, and each G2 in ``g2s`` (e.g. one per δ configuration) on
+    the δ configurations it was trained for."""
     every = list(DELTA_CONFIGS)
     methods: dict[str, tuple[RefocusMethod, Sequence[str]]] = {"identity (input slice)": (lambda sc, i, d: sc.stack[i], every)}
     if baselines:
@@ -415,12 +438,14 @@ def refocus_methods(g2=None, g2_single=None, g1_radiance: Memo | None = None, *,
     if g2_single is not None:
         methods["single-stage G2 (no radiance)"] = (
             lambda sc, i, d: run_refocus(g2_single, sc.stack[i], d, None), model_delta_configs(g2_single))
-    if g2 is not None:
+    for g2 in g2s:
         configs = model_delta_configs(g2)
-        methods["two-stage G2, true radiance"] = (lambda sc, i, d: run_refocus(g2, sc.stack[i], d, sc.centre), configs)
+        true_name, g1_name = g2_method_names(g2)
+        if true_name in methods:
+            raise RefocusError(f"two G2s take δ the same way ({delta_label(g2)}): their rows would share a name")
+        methods[true_name] = (lambda sc, i, d, g2=g2: run_refocus(g2, sc.stack[i], d, sc.centre), configs)
         if g1_radiance is not None:
-            methods[f"two-stage G2, G1 radiance (trained on {training_radiance(g2)})"] = (
-                lambda sc, i, d: run_refocus(g2, sc.stack[i], d, g1_radiance(sc, i)), configs)
+            methods[g1_name] = (lambda sc, i, d, g2=g2: run_refocus(g2, sc.stack[i], d, g1_radiance(sc, i)), configs)
     return methods
 
 
@@ -431,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--g1", help="G1 with the SML channel: registry name, weights file or checkpoint")
     p.add_argument("--g1-nosml", help="G1 trained without the SML channel (Table 1 ablation)")
-    p.add_argument("--g2", help="two-stage G2 (radiance input), trained on the true radiance")
+    p.add_argument("--g2", nargs="+", action="extend", default=[], metavar="W",
+                   help="two-stage G2(s) (radiance input), e.g. one per δ configuration: each is scored on the "
+                        "configurations its δ covers")  # fmt: skip
     p.add_argument("--g2-single", help="single-stage G2 (no radiance input)")
     p.add_argument("--synthetic", type=int, default=16, help="synthetic test scenes (0: none; default 16)")
     p.add_argument("--scene-size", type=int, default=192, help="synthetic scene size (default 192)")
@@ -475,7 +502,7 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
             notes.append(f"HCI scene not found at {args.hci}: its rows are skipped.")
     g1 = load_model(args.g1) if args.g1 else None
     g1_nosml = load_model(args.g1_nosml) if args.g1_nosml else None
-    g2 = load_model(args.g2) if args.g2 else None
+    g2s = [load_model(spec) for spec in args.g2]
     g2_single = load_model(args.g2_single) if args.g2_single else None
     tables = set(args.tables.split(","))
     rows: list[Row] = []
@@ -486,7 +513,7 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
             rows += deblur_rows(scenes, d_methods, name)
             print(f"[evaluate] deblur done on {name}", flush=True)
         if "refocus" in tables:
-            rows += refocus_rows(scenes, refocus_methods(g2, g2_single, g1_radiance, baselines=not args.no_baselines), name,
+            rows += refocus_rows(scenes, refocus_methods(g2s, g2_single, g1_radiance, baselines=not args.no_baselines), name,
                                  args.pairs_per_scene)
             print(f"[evaluate] refocus done on {name}", flush=True)
     return rows, notes

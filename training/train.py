@@ -142,6 +142,28 @@ def save_checkpoint(state: dict, path: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+    remove_torn_writes(path)
+
+
+def remove_torn_writes(path: Path) -> None:
+    """Delete ``path``'s temporary files left by writers that died mid-write (SIGKILL, power loss): a
+    ``.tmpPID`` whose process no longer exists. A live writer's file is left alone."""
+    for stale in path.parent.glob(f"{path.name}.tmp*"):
+        pid = stale.name.removeprefix(f"{path.name}.tmp")
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) sends CTRL_C_EVENT there: never probe, keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
