@@ -1,8 +1,9 @@
 """Inference benchmark: deblur + refocus time, δ change with the radiance cached, tiled-vs-untiled error,
-and a 24-megapixel tiled run (time and peak RSS, in a subprocess).
+and 24-megapixel tiled runs (deblur, and deblur + refocus: time and peak RSS, each in a subprocess).
 
     python benchmarks/bench_inference.py                 # everything (the 24 MP run takes many minutes on 2 cores)
-    python benchmarks/bench_inference.py --skip-big      # without the 24 MP run
+    python benchmarks/bench_inference.py --skip-big      # without the 24 MP runs
+    python benchmarks/bench_inference.py --only-big      # only them
     python benchmarks/bench_inference.py --configs 32x6,16x6,16x4   # which generator sizes meet the targets
 
 Generators are randomly initialised with the default configs (``deblur_config()`` / ``refocus_config()``,
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -115,33 +115,38 @@ BIG_CHILD = """
 import sys, time, resource, numpy as np
 sys.path.insert(0, {here!r})
 from bench_inference import generators, test_image
-from napari_refocusgan.core.inference import deblur
+from napari_refocusgan.core.inference import deblur, refocus
 h, w = {h}, {w}
 image = test_image(h, w, seed=2)
-g1, _ = generators()
+g1, g2 = generators()
 done = []
 t0 = time.perf_counter()
-out = deblur(image, g1, progress=lambda d, t: done.append((d, t)))
+if {task!r} == "deblur":
+    out = deblur(image, g1, progress=lambda d, t: done.append((d, t)))
+else:  # the plugin's pipeline on a new image: G1's radiance, then G2, both tiled
+    out = refocus(image, 4.0, g2, deblur_model=g1, progress=lambda d, t: done.append((d, t)))
 elapsed = time.perf_counter() - t0
 assert out.shape == image.shape and out.dtype == np.uint8
-print(f"RESULT {{elapsed:.1f}} {{done[-1][1]}}")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+print(f"RESULT {{elapsed:.1f}} {{done[-1][1]}} {{peak:.0f}}")
 """
 
 
 def bench_big(h: int, w: int) -> None:
-    print(f"\n{h}×{w} ({h * w / 1e6:.0f} MP) uint8 RGB deblur, automatic tiling, in a subprocess:", flush=True)
-    code = BIG_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)), h=h, w=w)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(proc.stdout, proc.stderr)
-        raise SystemExit(f"the {h}×{w} run failed")
-    elapsed, steps = proc.stdout.split("RESULT")[1].split()
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-    print(
-        f"  deblur {float(elapsed):.0f} s ({steps} tile passes; process wall {wall:.0f} s), peak RSS {peak:.0f} MiB (target ≤ 4096)"
-    )
+    """Deblur, then deblur + refocus, of an h×w uint8 RGB image, each in its own subprocess (so each peak
+    RSS is that run's alone)."""
+    print(f"\n{h}×{w} ({h * w / 1e6:.0f} MP) uint8 RGB, automatic tiling, each run in a subprocess:", flush=True)
+    for task, label in (("deblur", "deblur"), ("refocus", "deblur + refocus")):
+        code = BIG_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)), h=h, w=w, task=task)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            print(proc.stdout, proc.stderr)
+            raise SystemExit(f"the {h}×{w} {label} run failed")
+        elapsed, steps, peak = proc.stdout.split("RESULT")[1].split()
+        print(f"  {label}: {float(elapsed):.0f} s ({steps} tile passes; process wall {wall:.0f} s), "
+              f"peak RSS {peak} MiB (target ≤ 4096)", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -149,16 +154,18 @@ def main() -> None:
     parser.add_argument("--configs", default="32x6", help="generator sizes NGFxBLOCKS, comma-separated (default 32x6)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--skip-big", action="store_true", help="skip the 24 MP run")
+    parser.add_argument("--skip-big", action="store_true", help="skip the 24 MP runs")
+    parser.add_argument("--only-big", action="store_true", help="only the 24 MP runs")
     parser.add_argument("--big", default="4000x6000", help="size of the big run, HxW (default 4000x6000 = 24 MP)")
     parser.add_argument("--tiling", default="1024x1536", help="size of the tiled-vs-untiled comparison, HxW")
     parser.add_argument("--tile", type=int, default=512)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
-    bench_small(configs, args.repeat, args.precision)
-    bench_precision(args.repeat)
-    bench_tiling(*(int(v) for v in args.tiling.split("x")), args.tile)
+    if not args.only_big:
+        bench_small(configs, args.repeat, args.precision)
+        bench_precision(args.repeat)
+        bench_tiling(*(int(v) for v in args.tiling.split("x")), args.tile)
     if not args.skip_big:
         bench_big(*(int(v) for v in args.big.split("x")))
 
