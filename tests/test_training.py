@@ -329,6 +329,24 @@ def test_sigkill_in_the_middle_of_writing_a_checkpoint_leaves_the_previous_one_r
     assert not any(p.name.startswith("last.pt.tmp") for p in run.iterdir())
 
 
+@pytest.mark.skipif(os.name == "nt", reason="PIDs are not probed on Windows")
+def test_a_checkpoint_write_removes_only_the_temporaries_of_dead_writers(tmp_path):
+    from training.train import save_checkpoint
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        torn, in_progress = tmp_path / f"last.pt.tmp{int(dead.stdout)}", tmp_path / f"last.pt.tmp{live.pid}"
+        other = tmp_path / f"best.pt.tmp{int(dead.stdout)}"  # another file's temporary: not ours to judge
+        for f in (torn, in_progress, other):
+            f.write_bytes(b"half a checkpoint")
+        save_checkpoint({"step": 1}, tmp_path / "last.pt")
+        assert not torn.exists() and in_progress.exists() and other.exists()
+        assert torch.load(tmp_path / "last.pt", weights_only=True) == {"step": 1}
+    finally:
+        live.kill()
+
+
 def test_ddp_with_two_gloo_processes(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(FAKE_DATASET + textwrap.dedent(f'''
