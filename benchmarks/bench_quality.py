@@ -74,7 +74,7 @@ def run(args) -> int:
         rmethods = {k: (fn, [FOUR]) for k, (fn, configs) in rmethods.items() if FOUR in configs}
         rrows = {r.method: r for r in ev.refocus_rows(scenes, rmethods, name) if r.deltas == FOUR}
         print(f"{name}: refocus δ ∈ {FOUR} vs slice i+δ")
-        width = max(len(name) for name in rrows)
+        width = max(len(method) for method in rrows)
         for r in rrows.values():
             print(f"  {r.method:{width}s} PSNR {r.psnr:6.2f}  SSIM {r.ssim:.4f}  gain {r.gain_db:+.2f} dB")
         ident_r = rrows["identity (input slice)"]

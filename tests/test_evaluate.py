@@ -189,7 +189,7 @@ def test_cli_scores_the_test_split_of_data_light_fields(tmp_path):
 def test_each_g2_is_scored_on_the_delta_configurations_it_was_trained_for(monkeypatch):
     """Table 2's δ configurations: one G2 per configuration, each in its own rows, run by its own model."""
     g2s = [Generator(refocus_config(deltas=deltas, mode=mode, ngf=4, n_blocks=1))
-           for deltas, mode in (((range(-9, 10)), "continuous"), ((-9, -5, 5, 9), "onehot"), (range(-9, 10), "onehot"),
+           for deltas, mode in ((range(-9, 10), "continuous"), ((-9, -5, 5, 9), "onehot"), (range(-9, 10), "onehot"),
                                 ((8,), "onehot"))]  # fmt: skip
     assert [ev.delta_label(g) for g in g2s] == ["continuous δ", "one-hot δ ∈ {-9,-5,+5,+9}", "one-hot δ ∈ -9..+9",
                                                 "one-hot δ=+8"]  # fmt: skip
