@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from napari_refocusgan.core.errors import RefocusError
-from napari_refocusgan.core.focalstack import StackConfig, focal_stack
+from napari_refocusgan.core.focalstack import StackConfig, focal_stack, shift_and_sum
 from napari_refocusgan.core.focus import sml
 from napari_refocusgan.core.synthetic import render_scene
 
@@ -43,6 +43,20 @@ def test_each_layer_is_sharpest_near_its_disparity(scene):
         assert abs(best - d) <= 1.5 * StackConfig().slope_step
         tested += 1
     assert tested >= 2
+
+
+def test_a_far_back_layer_is_sharpest_at_its_own_slope_far_beyond_the_range():
+    far = render_scene(7, size=(64, 80), n_layers=2, disparity_range=(-0.5, 0.0), back_disparity=2.0)
+    assert far.layer_disparities[0] == 2.0 and far.layer_disparities[1] <= 0.0
+    back = ndimage.binary_erosion(far.disparity == np.float32(2.0), iterations=10)
+    assert back.sum() > 200
+    slopes = np.linspace(-0.5, 2.5, 13)
+    focus = [sml(s)[back].mean() for s in shift_and_sum(far.views, slopes).numpy()]
+    assert abs(slopes[int(np.argmax(focus))] - 2.0) <= 0.25
+    # a slice inside the range (slope 0) sees the background 2 px/view away: heavily blurred
+    assert focus[2] < 0.2 * max(focus)
+    with pytest.raises(RefocusError, match="back_disparity"):
+        render_scene(7, size=(32, 32), disparity_range=(-0.5, 0.0), back_disparity=-0.2)
 
 
 def test_views_shift_by_disparity_times_offset():

@@ -232,3 +232,25 @@ def test_clean_prob_leaves_inputs_without_noise_or_jpeg(cache):
         got = clean[k]["input"][:3].permute(1, 2, 0).numpy() * 0.5 + 0.5
         np.testing.assert_allclose(got, expected, atol=1e-6)
         assert not np.allclose(noisy[k]["input"][:3].permute(1, 2, 0).numpy() * 0.5 + 0.5, expected, atol=1e-6)
+
+
+def test_far_background_puts_the_back_layer_far_beyond_the_stack_for_a_share_of_training_scenes(cache):
+    chosen = [seed for seed in range(400) if data.has_far_background(seed, 0.5)]
+    assert chosen == [seed for seed in range(400) if data.has_far_background(seed, 0.5)]  # deterministic
+    assert 150 < len(chosen) < 250
+    assert not any(data.has_far_background(seed, 0.0) for seed in range(400))
+
+    plain = data.render_training_scene(chosen[0], SIZE)
+    far = data.render_training_scene(chosen[0], SIZE, far_background=True)
+    nearest = float(data.STACK.slopes()[-1]) + data.FAR_BACKGROUND_SLICES[0] * data.STACK.slope_step
+    assert float(far["disparity"].max()) >= max(nearest, float(plain["disparity"].max())) - 1e-5
+
+    # only training scenes get one: validation and test scenes stay comparable across runs
+    config = make_config(cache, train_scenes=8, far_background=0.5)
+    train = data.build_dataset("refocus", split="train", config=config).scenes
+    far_keys = [s.folder for s in train if "-far-" in str(s.folder)]
+    assert len(far_keys) == sum(data.has_far_background(s, 0.5) for s in range(8)) > 0
+    for split in ("val", "test"):
+        assert not any("-far-" in str(s.folder) for s in data.build_dataset("refocus", split=split, config=config).scenes)
+    with pytest.raises(RefocusError, match="far_background"):
+        data.build_dataset("refocus", split="train", config=make_config(cache, far_background=1.5))

@@ -56,6 +56,8 @@ _OVERRIDES = [
     ("--scene-size", int, "synthetic scene size in pixels"),
     ("--train-scenes", int, "number of training scenes"),
     ("--clean-prob", float, "share of training inputs left clean (no sensor noise or JPEG; default 0)"),
+    ("--far-background", float, "share of training scenes whose background lies 8–35 slices beyond the stack "
+                                "(default 0)"),
     ("--val-scenes", int, "number of validation scenes"),
     ("--cache-dir", str, "folder of rendered training scenes, reused across runs (default runs/cache)"),
     ("--val-size", int, "validation items scored every --val-every steps"),

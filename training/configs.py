@@ -70,6 +70,7 @@ class TrainConfig:
     init_weights: str | None = None
     test_scenes: int = 16
     clean_prob: float = 0.0  # share of training inputs left without sensor noise and JPEG
+    far_background: float = 0.0  # share of training scenes whose background lies far beyond the stack
     cache_dir: str = "runs/cache"  # rendered scenes, reused across runs
     cache_workers: int | None = None  # processes rendering the cache (None: the data module's default)
 
@@ -152,6 +153,9 @@ class TrainConfig:
             raise RefocusError(f"--steps must be at least 1, got {self.steps}")
         if self.lr <= 0:
             raise RefocusError(f"lr must be positive, got {self.lr}")
+        for name in ("clean_prob", "far_background"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise RefocusError(f"{name} is a share, in [0, 1]; got {getattr(self, name)}")
         return self
 
     @property

@@ -25,7 +25,8 @@ Pairs
 
 Realism (the shipped weights must work on real captures, which are darker, noisier and JPEG-compressed
 than clean renders): scenes draw their layer count, textures, disparity range (sometimes far wider than
-the kept slopes: real scenes are not confined to them), exposure, gamma and vignetting at random; the
+the kept slopes: real scenes are not confined to them; with ``far_background`` a share of the training
+scenes also has its background far beyond the stack), exposure, gamma and vignetting at random; the
 *input* slice then gets sensor noise and JPEG compression (quality 70–95) while the target stays clean —
 a real wide-aperture photo carries its own noise, which the network should not learn to reproduce.
 A fraction of deblur items are already-sharp images (the centre view itself) mapped to themselves, so
@@ -64,6 +65,9 @@ CACHE_VERSION = "v2"
 DEFAULT_CACHE_DIR = "runs/cache"
 HCI_MARKER = "hci_antinous"  # test-only real scene
 STACK = StackConfig()  # the paper protocol: 7×7 views, 30 slopes in ±1.5, keep 6..15
+# A far background (``far_background``): the back layer this many slices beyond the last kept slice.
+# HCI's background lies 23–30 slices beyond the paper window; at 35 a slice blurs it over a disk of ≈ 11 px.
+FAR_BACKGROUND_SLICES = (8.0, 35.0)
 MAX_DELTA = len(STACK.slopes()) - 1  # 9: both slices must stay inside the 10-slice stack
 DELTA_SETS = {
     "8": (8.0,),
@@ -135,13 +139,26 @@ def scene_disparity_range(rng: np.random.Generator) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def render_training_scene(seed: int, size: int) -> dict[str, np.ndarray]:
+def has_far_background(seed: int, share: float) -> bool:
+    """Whether training scene ``seed`` is one of the ``share`` whose background lies far beyond the stack.
+    Its own random stream: the choice does not change any other draw of the scene."""
+    return share > 0 and float(np.random.default_rng([seed, 20181008, 1]).random()) < share
+
+
+def render_training_scene(seed: int, size: int, far_background: bool = False) -> dict[str, np.ndarray]:
     """One synthetic scene as the cache stores it: stack (10, H, W, 3), centre (H, W, 3), views
-    (7, 7, H, W, 3), disparity (H, W) and the scene's input-noise level, all deterministic in ``seed``."""
+    (7, 7, H, W, 3), disparity (H, W) and the scene's input-noise level, all deterministic in ``seed``.
+    With ``far_background`` the back layer sits FAR_BACKGROUND_SLICES beyond the last kept slice (or at
+    the scene's far end, if that is farther): every slice sees it heavily blurred, as in real captures."""
     rng = np.random.default_rng([seed, 20181008])
     n_layers = int(rng.integers(1, 7))
+    lo, hi = scene_disparity_range(rng)
+    back = None
+    if far_background:
+        beyond = float(np.random.default_rng([seed, 20181008, 2]).uniform(*FAR_BACKGROUND_SLICES))
+        back = max(hi, float(STACK.slopes()[-1]) + beyond * STACK.slope_step)
     scene = render_scene(
-        seed, (size, size), grid=STACK.views, n_layers=n_layers, disparity_range=scene_disparity_range(rng)
+        seed, (size, size), grid=STACK.views, n_layers=n_layers, disparity_range=(lo, hi), back_disparity=back
     )
     # Exposure, gamma and vignetting on every view (targets included); sensor noise only on the input.
     photo = Photometric.random(rng)
@@ -267,8 +284,8 @@ def _scene_dir(cache_dir: Path, key: str) -> Path:
     return cache_dir / key
 
 
-def synthetic_key(seed: int, size: int) -> str:
-    return f"synthetic-{CACHE_VERSION}-{size}/seed_{seed:07d}"
+def synthetic_key(seed: int, size: int, far_background: bool = False) -> str:
+    return f"synthetic-{CACHE_VERSION}{'-far' if far_background else ''}-{size}/seed_{seed:07d}"
 
 
 def file_key(path: Path) -> str:
@@ -296,18 +313,22 @@ def _write_scene(target: Path, scene: dict[str, np.ndarray]) -> None:
             raise
 
 
-def _render_job(job: tuple[str, str, int | str, int]) -> str:
+# A job's source: a synthetic scene (seed, far background?) or a light-field path.
+SceneSource = tuple[int, bool] | str
+
+
+def _render_job(job: tuple[str, str, SceneSource, int]) -> str:
     cache_dir, key, source, size = job
     torch.set_num_threads(1)  # the pool provides the parallelism
     target = _scene_dir(Path(cache_dir), key)
     if not (target / "stack.npy").exists():
-        scene = render_training_scene(source, size) if isinstance(source, int) else lightfield_scene(Path(source))
+        scene = render_training_scene(source[0], size, far_background=source[1]) if isinstance(source, tuple) else lightfield_scene(Path(source))
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_scene(target, scene)
     return key
 
 
-def prepare_cache(jobs: list[tuple[str, int | str]], cache_dir: Path, size: int, workers: int) -> None:
+def prepare_cache(jobs: list[tuple[str, SceneSource]], cache_dir: Path, size: int, workers: int) -> None:
     """Render the scenes that are not cached yet (``jobs``: (key, seed or light-field path))."""
     todo = [(str(cache_dir), k, s, size) for k, s in jobs if not (_scene_dir(cache_dir, k) / "stack.npy").exists()]
     if not todo:
@@ -588,9 +609,15 @@ def scene_folders(
     data_paths: Sequence[str] | None,
     cache_dir: Path,
     workers: int,
+    far_background: float = 0.0,
 ) -> list[Path]:
-    """Render (if needed) and return the cache folders of a split's scenes, synthetic first."""
-    jobs: list[tuple[str, int | str]] = [(synthetic_key(s, size), s) for s in split_seeds(split, n_synthetic)]
+    """Render (if needed) and return the cache folders of a split's scenes, synthetic first. A share
+    ``far_background`` of the *training* scenes gets a far background; validation and test scenes never
+    do, so that their scores stay comparable across runs."""
+    jobs: list[tuple[str, SceneSource]] = []
+    for seed in split_seeds(split, n_synthetic):
+        far = split == "train" and has_far_background(seed, far_background)
+        jobs.append((synthetic_key(seed, size, far), (seed, far)))
     if data_paths:
         for path in list_lightfields(data_paths):
             if file_split(path) == split:
@@ -630,8 +657,17 @@ def build_dataset(
     }[split]
     paths = list(data_paths) if data_paths is not None else list(_cfg(config, "data_paths", []))
     cache_dir = Path(_cfg(config, "cache_dir", DEFAULT_CACHE_DIR))
+    far_background = float(_cfg(config, "far_background", 0.0))
+    if not 0.0 <= far_background <= 1.0:
+        raise RefocusError(f"far_background is a share of the training scenes, in [0, 1]; got {far_background}.")
     folders = scene_folders(
-        split, size=size, n_synthetic=count, data_paths=paths, cache_dir=cache_dir, workers=default_workers(config)
+        split,
+        size=size,
+        n_synthetic=count,
+        data_paths=paths,
+        cache_dir=cache_dir,
+        workers=default_workers(config),
+        far_background=far_background,
     )
     radiance = str(_cfg(config, "radiance", "true"))
     return FocalStackPairs(

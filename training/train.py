@@ -422,6 +422,7 @@ class Trainer:
             "pixel_weight": str(cfg.pixel_weight),
             **({"ssim_weight": str(cfg.ssim_weight)} if cfg.ssim_weight else {}),
             "train_scenes": str(cfg.train_scenes),
+            **({"far_background": str(cfg.far_background)} if cfg.far_background else {}),
             "data": ";".join(cfg.data_paths) or "synthetic",
             "seed": str(cfg.seed),
             "lr": str(cfg.lr),

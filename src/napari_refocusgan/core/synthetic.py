@@ -134,12 +134,14 @@ def render_scene(
     disparity_range: tuple[float, float] | None = None,
     supersample: int = 2,
     randomize_photometric: bool = False,
+    back_disparity: float | None = None,
 ) -> SyntheticScene:
     """Render a grid×grid light field of a layered scene.
 
     A plane of disparity d appears in view (r, c) displaced by d·(r − r_c, c − c_c) from the centre view,
     the same convention as :mod:`.focalstack`, so its sharpest slice has slope ≈ d. Larger d is farther
-    (it is occluded by smaller d).
+    (it is occluded by smaller d). ``back_disparity`` (at least the range's far end) puts the back layer,
+    which covers the whole frame, at that disparity: a background far outside the range, as in real scenes.
     """
     h, w = size
     if h < 8 or w < 8 or grid < 1:
@@ -148,9 +150,13 @@ def render_scene(
     lo, hi = disparity_range if disparity_range is not None else default_disparity_range()
     n = int(n_layers) if n_layers is not None else int(rng.integers(2, 7))
     disparities = sorted(rng.uniform(lo, hi, size=n).tolist(), reverse=True)  # far (large d) first
+    if back_disparity is not None:
+        if not back_disparity >= hi:
+            raise RefocusError(f"back_disparity {back_disparity} must be at least the range's far end {hi}.")
+        disparities[0] = float(back_disparity)
     ss = supersample
     half = (grid - 1) / 2
-    margin = int(np.ceil(max(abs(lo), abs(hi)) * half * ss)) + 2
+    margin = int(np.ceil(max(abs(lo), abs(hi), abs(disparities[0])) * half * ss)) + 2
     hh, ww = h * ss + 2 * margin, w * ss + 2 * margin
 
     layers = []  # (rgb+mask tensor (4, hh, ww), d)
