@@ -1,0 +1,75 @@
+"""G2 on the synthetic *validation* pairs, scored separately for each radiance and for noisy or clean inputs.
+
+    python benchmarks/bench_validation.py [--g2 refocus [W ...]] [--scenes 8] [--deltas 4]
+
+Training validates on a few items whose radiance is drawn at random (true or G1's) and whose inputs carry
+the training noise. A change can help one radiance and hurt the other and still leave that figure flat,
+so this report scores every {−9, −5, +5, +9} pair (``--deltas``) of the validation scenes four ways: the
+true radiance or the shipped G1's, inputs noisy (sensor noise and JPEG, as in training) or clean. Items are
+the training data's validation crops (128² centre crops), so the figures are comparable across runs.
+Models load by registry name, weights file or training checkpoint (see ``training/evaluate.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training import data  # noqa: E402
+from training import evaluate as ev  # noqa: E402
+
+
+def _image(x: torch.Tensor) -> np.ndarray:
+    return ((x.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
+
+
+def run(args) -> None:
+    models = {spec: ev._generator(ev.load_model(spec)) for spec in args.g2}
+    for radiance in ("true", f"g1:{args.g1}"):
+        for clean in (0.0, 1.0):
+            config = SimpleNamespace(crop=args.crop, scene_size=args.scene_size, val_scenes=args.scenes,
+                                     refocus_deltas=args.deltas, cache_dir=str(args.cache_dir), radiance=radiance,
+                                     clean_prob=clean)  # fmt: skip
+            items = data.build_dataset("refocus", split="val", config=config)
+            identity, scores = [], {spec: [] for spec in models}
+            for k in range(len(items)):
+                item = items[k]
+                target = _image(item["target"])
+                identity.append(ev.psnr(target, _image(item["input"][:3])))
+                with torch.no_grad():
+                    for spec, g2 in models.items():
+                        out = g2(item["input"][None], item["delta"][None])[0]
+                        scores[spec].append(ev.psnr(target, _image(out)))
+            base = float(np.mean(identity))
+            label = f"{'true' if radiance == 'true' else 'G1'} radiance, {'clean' if clean else 'noisy'} inputs"
+            print(f"{label:30s} {len(items):4d} pairs  identity {base:6.2f} dB", flush=True)
+            for spec, values in scores.items():
+                print(f"  {spec:60s} {np.mean(values):6.2f} dB ({np.mean(values) - base:+.2f})", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--g2", nargs="+", default=["refocus"], help="G2s to score (default: the shipped one)")
+    p.add_argument("--g1", default=str(ROOT / "src/napari_refocusgan/weights/deblur-cpu.safetensors"),
+                   help="G1 weights file for the G1-radiance items (default: the shipped G1)")  # fmt: skip
+    p.add_argument("--scenes", type=int, default=8, help="validation scenes (default 8)")
+    p.add_argument("--deltas", default="4", choices=list(data.DELTA_SETS), help="δ set (default 4: {−9, −5, +5, +9})")
+    p.add_argument("--scene-size", type=int, default=192)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--cache-dir", type=Path, default=ROOT / "runs/cache")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
