@@ -2,12 +2,13 @@
 
     python benchmarks/bench_validation.py [--g2 refocus [W ...]] [--scenes 8] [--deltas 4]
 
-Training validates on a few items whose radiance is drawn at random (true or G1's) and whose inputs carry
-the training noise. A change can help one radiance and hurt the other and still leave that figure flat,
-so this report scores every {−9, −5, +5, +9} pair (``--deltas``) of the validation scenes four ways: the
-true radiance or the shipped G1's, inputs noisy (sensor noise and JPEG, as in training) or clean. Items are
-the training data's validation crops (128² centre crops), so the figures are comparable across runs.
-Models load by registry name, weights file or training checkpoint (see ``training/evaluate.py``).
+Training validates on a few items whose radiance is drawn at random (true or G1's). A change can help one
+radiance and hurt the other and still leave that figure flat, so this report scores every pair of a δ set
+(``--deltas``, default {−9, −5, +5, +9}) on the validation scenes four ways: the true radiance or the shipped
+G1's, inputs degraded as validation inputs are (the scene's sensor noise and, half the time, JPEG; fixed per
+item) or clean. The scenes and 128² centre crops are training's validation ones; the pairs are the δ set's,
+not the items training scores. Two-stage G2s only (RGB + radiance), loaded by registry name, weights file
+or training checkpoint (see ``training/evaluate.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def _image(x: torch.Tensor) -> np.ndarray:
 
 def run(args) -> None:
     models = {spec: ev._generator(ev.load_model(spec)) for spec in args.g2}
+    for spec, g2 in models.items():
+        if g2.cfg.in_channels != 6 or g2.cfg.delta_mode == "none":
+            sys.exit(f"{spec} is not a two-stage G2 (RGB + radiance and δ); this report scores only those.")
     for radiance in ("true", f"g1:{args.g1}"):
         for clean in (0.0, 1.0):
             config = SimpleNamespace(crop=args.crop, scene_size=args.scene_size, val_scenes=args.scenes,

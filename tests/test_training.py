@@ -526,10 +526,17 @@ def test_cli_hands_evaluate_its_own_arguments(capsys):
 
 def test_cli_trains_then_resumes_with_more_steps(tmp_path):
     pytest.importorskip("training.data")
+    from training.data import synthetic_key
     run, cache = tmp_path / "run", tmp_path / "cache"
     common = ["--config", "smoke", "--out", str(run), "--cache-dir", str(cache), "--train-scenes", "1", "--no-progress"]
-    assert cli_main(["train", "deblur", *common, "--steps", "2"]) == 0
-    assert load_checkpoint(run / "last.pt")["step"] == 2
+    assert cli_main(["train", "deblur", *common, "--steps", "2", "--far-background", "1"]) == 0
+    first = load_checkpoint(run / "last.pt")
+    assert first["step"] == 2
+    # --far-background reaches the data (the training scene is the far variant) and the model card
+    size = first["config"]["scene_size"]
+    assert (cache / synthetic_key(0, size, far_background=True) / "stack.npy").exists()
+    assert not (cache / synthetic_key(0, size)).exists()
+    assert first["config"]["far_background"] == 1.0 and first["metadata"]["far_background"] == "1.0"
     assert cli_main(["train", "deblur", *common, "--steps", "3", "--resume"]) == 0
     ckpt = load_checkpoint(run / "last.pt")
     assert (ckpt["step"], ckpt["total_steps"], ckpt["config"]["train_scenes"]) == (3, 3, 1)

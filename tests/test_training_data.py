@@ -236,8 +236,8 @@ def test_clean_prob_leaves_inputs_without_noise_or_jpeg(cache):
 
 def test_far_background_puts_the_back_layer_far_beyond_the_stack_for_a_share_of_training_scenes(cache):
     chosen = [seed for seed in range(400) if data.has_far_background(seed, 0.5)]
-    assert chosen == [seed for seed in range(400) if data.has_far_background(seed, 0.5)]  # deterministic
     assert 150 < len(chosen) < 250
+    assert set(seed for seed in range(400) if data.has_far_background(seed, 0.25)) < set(chosen)
     assert not any(data.has_far_background(seed, 0.0) for seed in range(400))
 
     plain = data.render_training_scene(chosen[0], SIZE)
@@ -248,9 +248,13 @@ def test_far_background_puts_the_back_layer_far_beyond_the_stack_for_a_share_of_
     # only training scenes get one: validation and test scenes stay comparable across runs
     config = make_config(cache, train_scenes=8, far_background=0.5)
     train = data.build_dataset("refocus", split="train", config=config).scenes
-    far_keys = [s.folder for s in train if "-far-" in str(s.folder)]
-    assert len(far_keys) == sum(data.has_far_background(s, 0.5) for s in range(8)) > 0
-    for split in ("val", "test"):
-        assert not any("-far-" in str(s.folder) for s in data.build_dataset("refocus", split=split, config=config).scenes)
+    far_scenes = [s for s in train if "-far-" in str(s.folder)]
+    assert len(far_scenes) == sum(data.has_far_background(s, 0.5) for s in range(8)) > 0
+    for scene in far_scenes:  # rendered as the far variant, not just filed under its name
+        assert float(np.max(scene.get("disparity"))) >= nearest - 1e-3
+    val_seed = data.split_seeds("val", 1)[0]
+    assert data.has_far_background(val_seed, 0.5)  # so the rule below is what keeps it plain
+    val = data.build_dataset("refocus", split="val", config=config).scenes
+    assert not any("-far-" in str(s.folder) for s in val)
     with pytest.raises(RefocusError, match="far_background"):
         data.build_dataset("refocus", split="train", config=make_config(cache, far_background=1.5))

@@ -66,7 +66,9 @@ DEFAULT_CACHE_DIR = "runs/cache"
 HCI_MARKER = "hci_antinous"  # test-only real scene
 STACK = StackConfig()  # the paper protocol: 7×7 views, 30 slopes in ±1.5, keep 6..15
 # A far background (``far_background``): the back layer this many slices beyond the last kept slice.
-# HCI's background lies 23–30 slices beyond the paper window; at 35 a slice blurs it over a disk of ≈ 11 px.
+# HCI's background lies 23–30 slices beyond the paper window. With 7×7 views a slice blurs a plane k slices
+# away over a disk of radius 3·k·step px: 2.5 px (8 slices from the last kept slice) to 13.7 px (44 from the
+# first). Cached under its own key; changing this range changes the scenes, so bump CACHE_VERSION with it.
 FAR_BACKGROUND_SLICES = (8.0, 35.0)
 MAX_DELTA = len(STACK.slopes()) - 1  # 9: both slices must stay inside the 10-slice stack
 DELTA_SETS = {
@@ -141,7 +143,8 @@ def scene_disparity_range(rng: np.random.Generator) -> tuple[float, float]:
 
 def has_far_background(seed: int, share: float) -> bool:
     """Whether training scene ``seed`` is one of the ``share`` whose background lies far beyond the stack.
-    Its own random stream: the choice does not change any other draw of the scene."""
+    Drawn from a random stream of its own, so that a scene's layer count, disparity range and photometry
+    do not depend on ``share``; a smaller share picks a subset of a larger one's scenes."""
     return share > 0 and float(np.random.default_rng([seed, 20181008, 1]).random()) < share
 
 
@@ -322,7 +325,10 @@ def _render_job(job: tuple[str, str, SceneSource, int]) -> str:
     torch.set_num_threads(1)  # the pool provides the parallelism
     target = _scene_dir(Path(cache_dir), key)
     if not (target / "stack.npy").exists():
-        scene = render_training_scene(source[0], size, far_background=source[1]) if isinstance(source, tuple) else lightfield_scene(Path(source))
+        if isinstance(source, tuple):
+            scene = render_training_scene(source[0], size, far_background=source[1])
+        else:
+            scene = lightfield_scene(Path(source))
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_scene(target, scene)
     return key
