@@ -154,8 +154,9 @@ def test_configs_resolve_and_reject_bad_values():
         get_config("huge", "deblur")
     with pytest.raises(RefocusError, match="multiple of 4"):
         get_config("smoke", "deblur", crop=30)
-    with pytest.raises(RefocusError, match="far_background is a share"):
-        get_config("cpu", "refocus", far_background=1.5)
+    for share in ("far_background", "true_radiance_share"):
+        with pytest.raises(RefocusError, match=f"{share} is a share"):
+            get_config("cpu", "refocus", **{share: 1.5})
 
 
 # --------------------------------------------------------------------------------------------- loop

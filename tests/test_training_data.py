@@ -192,15 +192,22 @@ def test_mixed_radiance_is_either_the_centre_view_or_g1s_output(cache, tmp_path)
     torch.manual_seed(0)
     g1_path = tmp_path / "g1.safetensors"
     save_generator(Generator(deblur_config(ngf=4, n_blocks=1)), g1_path, "deblur", {"steps": 0})  # the identity
-    config = make_config(cache, radiance=f"mix:{g1_path}", refocus_deltas="19", noise_prob=0.0, jpeg_prob=0.0)
-    ds = build_dataset("refocus", split="train", config=config)
-    kinds = []
-    for index in range(0, len(ds), 3):
-        item = ds[index]
-        rgb, radiance = item["input"][:3], item["input"][3:]
-        # an untrained G1 returns its input, so its radiance is the input slice itself
-        kinds.append("g1" if torch.allclose(radiance, rgb, atol=2e-2) else "true")
-    assert kinds.count("g1") >= 2 and kinds.count("true") >= 2, kinds
+
+    def kinds(**overrides) -> list[str]:
+        config = make_config(cache, radiance=f"mix:{g1_path}", refocus_deltas="19", noise_prob=0.0, jpeg_prob=0.0,
+                             **overrides)  # fmt: skip
+        ds = build_dataset("refocus", split="train", config=config)
+        found = []
+        for index in range(0, len(ds), 3):
+            item = ds[index]
+            rgb, radiance = item["input"][:3], item["input"][3:]
+            # an untrained G1 returns its input, so its radiance is the input slice itself
+            found.append("g1" if torch.allclose(radiance, rgb, atol=2e-2) else "true")
+        return found
+
+    mixed = kinds()
+    assert mixed.count("g1") >= 2 and mixed.count("true") >= 2, mixed
+    assert set(kinds(true_radiance_share=1.0)) == {"true"} and set(kinds(true_radiance_share=0.0)) == {"g1"}
 
 
 def test_view_grid_folders_are_training_light_fields_and_hci_is_test_only(tmp_path):

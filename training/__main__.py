@@ -56,6 +56,8 @@ _OVERRIDES = [
     ("--scene-size", int, "synthetic scene size in pixels"),
     ("--train-scenes", int, "number of training scenes"),
     ("--clean-prob", float, "share of training inputs left clean (no sensor noise or JPEG; default 0)"),
+    ("--true-radiance-share", float, "with --radiance mix:PATH, share of items given the true radiance (default "
+                                     "0.5; the rest get G1's)"),
     ("--far-background", float, "share of training scenes whose background lies 8–35 slices beyond the stack "
                                 "(default 0)"),
     ("--val-scenes", int, "number of validation scenes"),

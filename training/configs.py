@@ -71,6 +71,7 @@ class TrainConfig:
     test_scenes: int = 16
     clean_prob: float = 0.0  # share of training inputs left without sensor noise and JPEG
     far_background: float = 0.0  # share of training scenes whose background lies far beyond the stack
+    true_radiance_share: float = 0.5  # with --radiance mix:PATH, share of items given the true radiance
     cache_dir: str = "runs/cache"  # rendered scenes, reused across runs
     cache_workers: int | None = None  # processes rendering the cache (None: the data module's default)
 
@@ -153,7 +154,7 @@ class TrainConfig:
             raise RefocusError(f"--steps must be at least 1, got {self.steps}")
         if self.lr <= 0:
             raise RefocusError(f"lr must be positive, got {self.lr}")
-        for name in ("clean_prob", "far_background"):
+        for name in ("clean_prob", "far_background", "true_radiance_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RefocusError(f"{name} is a share, in [0, 1]; got {getattr(self, name)}")
         return self

@@ -96,6 +96,7 @@ class Augment:
     max_noise: float = 0.015
     identity_prob: float = 0.1  # deblur: a sharp image that must come out unchanged
     clean_prob: float = 0.0  # input left clean (no sensor noise, no JPEG): clean inputs must not be smoothed
+    true_radiance_share: float = 0.5  # "mix:PATH" radiance: share of G2 items given the true one, not G1's
     flips: bool = True
 
     @staticmethod
@@ -107,6 +108,7 @@ class Augment:
             noise_prob=float(_cfg(config, "noise_prob", base.noise_prob)),
             identity_prob=float(_cfg(config, "identity_prob", base.identity_prob)),
             clean_prob=float(_cfg(config, "clean_prob", base.clean_prob)),
+            true_radiance_share=float(_cfg(config, "true_radiance_share", base.true_radiance_share)),
         )
 
 
@@ -591,7 +593,7 @@ class FocalStackPairs(Dataset):
     def _radiance(self, scene: CachedScene, i: int, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         source = self.radiance_source or "true"
         kind, g1_path = radiance_source(source)
-        if kind == "true" or (kind == "mix" and rng.random() < 0.5):
+        if kind == "true" or (kind == "mix" and rng.random() < self.augment.true_radiance_share):
             return scene.centre
         # "g1:PATH" (or the other half of "mix:PATH"): the deblurring network's output on this (degraded)
         # input, as at inference

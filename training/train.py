@@ -39,7 +39,7 @@ from napari_refocusgan.core.errors import RefocusError
 from napari_refocusgan.core.networks import Generator, GeneratorConfig
 from napari_refocusgan.core.weights import file_sha256
 
-from .configs import TrainConfig
+from .configs import TrainConfig, radiance_source
 from .losses import ContentLoss, PatchCritic, critic_loss, generator_adversarial_loss, ssim_loss
 
 CHECKPOINT_NAME = "last.pt"
@@ -434,6 +434,8 @@ class Trainer:
             meta["sml_channel"] = str(not cfg.no_sml).lower()
         else:
             meta.update(refocus_deltas=cfg.refocus_deltas, single_stage=str(cfg.single_stage).lower(), radiance=cfg.radiance)
+            if radiance_source(cfg.radiance)[0] == "mix":
+                meta["true_radiance_share"] = str(cfg.true_radiance_share)
         return meta
 
 
