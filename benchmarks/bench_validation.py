@@ -28,12 +28,8 @@ from training import data  # noqa: E402
 from training import evaluate as ev  # noqa: E402
 
 
-def _image(x: torch.Tensor) -> np.ndarray:
-    return ((x.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
-
-
 def run(args) -> None:
-    models = {spec: ev._generator(ev.load_model(spec)) for spec in args.g2}
+    models = {spec: ev.load_model(spec).generator for spec in args.g2}
     for spec, g2 in models.items():
         if g2.cfg.in_channels != 6 or g2.cfg.delta_mode == "none":
             sys.exit(f"{spec} is not a two-stage G2 (RGB + radiance and δ); this report scores only those.")
@@ -46,12 +42,12 @@ def run(args) -> None:
             identity, scores = [], {spec: [] for spec in models}
             for k in range(len(items)):
                 item = items[k]
-                target = _image(item["target"])
-                identity.append(ev.psnr(target, _image(item["input"][:3])))
+                target = data.from_signed(item["target"])
+                identity.append(ev.psnr(target, data.from_signed(item["input"][:3])))
                 with torch.no_grad():
                     for spec, g2 in models.items():
                         out = g2(item["input"][None], item["delta"][None])[0]
-                        scores[spec].append(ev.psnr(target, _image(out)))
+                        scores[spec].append(ev.psnr(target, data.from_signed(out)))
             base = float(np.mean(identity))
             label = f"{'true' if radiance == 'true' else 'G1'} radiance, {'clean' if clean else 'noisy'} inputs"
             print(f"{label:30s} {len(items):4d} pairs  identity {base:6.2f} dB", flush=True)

@@ -36,6 +36,13 @@ def radiance_source(text: str) -> tuple[str | None, str]:
     return (kind, path) if sep and kind in ("g1", "mix") else (None, "")
 
 
+def check_share(name: str, value: float) -> float:
+    """``value`` if it is a share (in [0, 1]), else a :class:`RefocusError` naming ``name``."""
+    if not 0.0 <= value <= 1.0:
+        raise RefocusError(f"{name} is a share, in [0, 1]; got {value}")
+    return value
+
+
 @dataclass
 class TrainConfig:
     """Everything one training run needs. Fields left ``None`` take the task's default."""
@@ -155,8 +162,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise RefocusError(f"lr must be positive, got {self.lr}")
         for name in ("clean_prob", "far_background", "true_radiance_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise RefocusError(f"{name} is a share, in [0, 1]; got {getattr(self, name)}")
+            check_share(name, getattr(self, name))
         return self
 
     @property

@@ -54,12 +54,14 @@ from napari_refocusgan.core.focalstack import StackConfig, centre_view, focal_st
 from napari_refocusgan.core.focus import focus_channel
 from napari_refocusgan.core.synthetic import Photometric, apply_photometric, render_scene
 
-from .configs import radiance_source
+from .configs import check_share, radiance_source
 
 TASKS = ("deblur", "refocus")
 SPLITS = ("train", "val", "test")
 VAL_SEED_BASE = 500_000
 TEST_SEED_BASE = 1_000_000
+# Salt of every random stream of a synthetic training scene (its seed comes first).
+SCENE_SALT = 20181008
 # Bump when the rendering recipe changes, so that stale caches are not reused.
 CACHE_VERSION = "v2"
 DEFAULT_CACHE_DIR = "runs/cache"
@@ -147,7 +149,7 @@ def has_far_background(seed: int, share: float) -> bool:
     """Whether training scene ``seed`` is one of the ``share`` whose background lies far beyond the stack.
     Drawn from a random stream of its own, so that a scene's layer count, disparity range and photometry
     do not depend on ``share``; a smaller share picks a subset of a larger one's scenes."""
-    return share > 0 and float(np.random.default_rng([seed, 20181008, 1]).random()) < share
+    return share > 0 and float(np.random.default_rng([seed, SCENE_SALT, 1]).random()) < share
 
 
 def render_training_scene(seed: int, size: int, far_background: bool = False) -> dict[str, np.ndarray]:
@@ -155,12 +157,12 @@ def render_training_scene(seed: int, size: int, far_background: bool = False) ->
     (7, 7, H, W, 3), disparity (H, W) and the scene's input-noise level, all deterministic in ``seed``.
     With ``far_background`` the back layer sits FAR_BACKGROUND_SLICES beyond the last kept slice (or at
     the scene's far end, if that is farther): every slice sees it heavily blurred, as in real captures."""
-    rng = np.random.default_rng([seed, 20181008])
+    rng = np.random.default_rng([seed, SCENE_SALT])
     n_layers = int(rng.integers(1, 7))
     lo, hi = scene_disparity_range(rng)
     back = None
     if far_background:
-        beyond = float(np.random.default_rng([seed, 20181008, 2]).uniform(*FAR_BACKGROUND_SLICES))
+        beyond = float(np.random.default_rng([seed, SCENE_SALT, 2]).uniform(*FAR_BACKGROUND_SLICES))
         back = max(hi, float(STACK.slopes()[-1]) + beyond * STACK.slope_step)
     scene = render_scene(
         seed, (size, size), grid=STACK.views, n_layers=n_layers, disparity_range=(lo, hi), back_disparity=back
@@ -390,6 +392,12 @@ def to_signed(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(H, W, C) in [0, 1] → (C, H, W) float32 in [-1, 1]."""
     t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     return (t.permute(2, 0, 1) * 2 - 1).contiguous()
+
+
+def from_signed(t: torch.Tensor) -> np.ndarray:
+    """The inverse of :func:`to_signed` for a network output: (C, H, W) in [-1, 1] → (H, W, C) float32
+    numpy, clipped to [0, 1]."""
+    return ((t.detach().float().permute(1, 2, 0).cpu().numpy() + 1) / 2).clip(0, 1)
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
@@ -665,9 +673,7 @@ def build_dataset(
     }[split]
     paths = list(data_paths) if data_paths is not None else list(_cfg(config, "data_paths", []))
     cache_dir = Path(_cfg(config, "cache_dir", DEFAULT_CACHE_DIR))
-    far_background = float(_cfg(config, "far_background", 0.0))
-    if not 0.0 <= far_background <= 1.0:
-        raise RefocusError(f"far_background is a share of the training scenes, in [0, 1]; got {far_background}.")
+    far_background = check_share("far_background", float(_cfg(config, "far_background", 0.0)))
     folders = scene_folders(
         split,
         size=size,

@@ -359,6 +359,8 @@ class Trainer:
         """Mean PSNR / SSIM (skimage, [0, 1] RGB) of the generator in eval mode on fixed batches."""
         from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+        from .data import from_signed
+
         psnr, ssim = [], []
         self.generator.eval()
         try:
@@ -366,8 +368,7 @@ class Trainer:
                 x, y, delta = self._prepare(batch)
                 out = self.generator(x, delta) if delta is not None else self.generator(x)
                 for o, t in zip(out, y):
-                    o_np = ((o.float().permute(1, 2, 0).cpu().numpy() + 1) / 2).clip(0, 1)
-                    t_np = ((t.permute(1, 2, 0).cpu().numpy() + 1) / 2).clip(0, 1)
+                    o_np, t_np = from_signed(o), from_signed(t)
                     psnr.append(peak_signal_noise_ratio(t_np, o_np, data_range=1.0))
                     ssim.append(structural_similarity(t_np, o_np, data_range=1.0, channel_axis=2))
         finally:
