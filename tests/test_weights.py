@@ -62,6 +62,16 @@ def test_roundtrip_keeps_weights_config_and_model_card(tmp_path):
         torch.testing.assert_close(loaded.generator(x, 2.0), model.eval()(x, 2.0), atol=1e-6, rtol=0)
 
 
+def test_the_same_weights_exported_twice_are_the_same_bytes(tmp_path):
+    # the registry pins a sha256, so an export must not depend on the order a hash map gave the model card
+    card = {f"key_{i:02d}": f"value {i}" for i in range(24)} | {"command": "python -m training train −δ"}
+    model = tiny("deblur", seed=5)
+    digests = [save_generator(model, tmp_path / f"g1_{i}.safetensors", "deblur", card) for i in range(4)]
+    assert len(set(digests)) == 1
+    loaded = load_generator(tmp_path / "g1_0.safetensors")
+    assert loaded.metadata["key_07"] == "value 7" and loaded.metadata["command"].endswith("−δ")
+
+
 def test_sml_params_travel_with_the_file(g1_file):
     assert load_generator(g1_file).sml == SMLParams(window=5)
 

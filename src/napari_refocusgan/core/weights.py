@@ -117,7 +117,7 @@ def save_generator(
     values converted to strings (non-strings as JSON). The reserved keys format/role/config/sml are
     written here; an extra key with one of those names is kept as ``training_<key>``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if role not in ROLES:
         raise RefocusError(f"role must be one of {', '.join(ROLES)}, got {role!r}.")
@@ -138,7 +138,7 @@ def save_generator(
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(_sorted_metadata(save(tensors, metadata=metadata)))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files 0600; weights are meant to be shared
@@ -147,6 +147,20 @@ def save_generator(
         tmp.unlink(missing_ok=True)
         raise RefocusError(f"cannot write weights to {path}: {exc}") from exc
     return file_sha256(path)
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """A safetensors file with its metadata keys in sorted order. safetensors writes them in the order of a
+    Rust hash map, which changes from process to process, so the same weights exported twice would get
+    different sha256s. The tensors' entries and data are kept as they are."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None:
+        header = {"__metadata__": dict(sorted(metadata.items())), **header}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to a multiple of 8 bytes
+    return struct.pack("<Q", len(text)) + text + blob[8 + n :]
 
 
 def _model_card(metadata: dict, *, drop_reserved: bool = False) -> dict[str, str]:
