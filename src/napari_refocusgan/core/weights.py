@@ -141,7 +141,7 @@ def save_generator(
         tmp.write_bytes(_sorted_metadata(save(tensors, metadata=metadata)))
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files 0600; weights are meant to be shared
+        os.chmod(tmp, 0o666 & ~umask)  # weights are meant to be shared, whatever mode a leftover .part had
         os.replace(tmp, path)  # never leave a half-written weights file under the final name
     except Exception as exc:  # safetensors reports I/O problems with its own exception types
         tmp.unlink(missing_ok=True)
@@ -151,7 +151,7 @@ def save_generator(
 
 def _sorted_metadata(blob: bytes) -> bytes:
     """A safetensors file with its metadata keys in sorted order. safetensors writes them in the order of a
-    Rust hash map, which changes from process to process, so the same weights exported twice would get
+    Rust hash map, which changes from one save to the next, so the same weights exported twice would get
     different sha256s. The tensors' entries and data are kept as they are."""
     (n,) = struct.unpack("<Q", blob[:8])
     header = json.loads(blob[8 : 8 + n])
