@@ -2,13 +2,13 @@
 
     python benchmarks/bench_validation.py [--g2 refocus [W ...]] [--scenes 8] [--deltas 4]
 
-Training validates on a few items whose radiance is drawn at random (true or G1's). A change can help one
-radiance and hurt the other and still leave that figure flat, so this report scores every pair of a δ set
-(``--deltas``, default {−9, −5, +5, +9}) on the validation scenes four ways: the true radiance or the shipped
-G1's, inputs degraded as validation inputs are (the scene's sensor noise and, half the time, JPEG; fixed per
-item) or clean. The scenes and 128² centre crops are training's validation ones; the pairs are the δ set's,
-not the items training scores. Two-stage G2s only (RGB + radiance), loaded by registry name, weights file
-or training checkpoint (see ``training/evaluate.py``).
+Training validates on a few items (``--val-size``), with the radiance drawn at random and, for ``--radiance
+mix:W``, with each radiance in turn. A change can help one radiance and hurt the other, so this report
+scores every pair of a δ set (``--deltas``, default {−9, −5, +5, +9}) on the validation scenes four ways:
+the true radiance or the shipped G1's, inputs degraded as validation inputs are (the scene's sensor noise
+and, half the time, JPEG; fixed per item) or clean. The scenes and 128² centre crops are training's
+validation ones; the pairs are the δ set's, not the items training scores. Two-stage G2s only (RGB +
+radiance), loaded by registry name, weights file or training checkpoint (see ``training/evaluate.py``).
 """
 
 from __future__ import annotations

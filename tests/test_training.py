@@ -517,6 +517,38 @@ def test_resume_is_exact_with_the_real_data_pipeline(tmp_path):
     assert [r["loss_g"] for r in rest.history] == pytest.approx([r["loss_g"] for r in full.history[2:]], abs=1e-6)
 
 
+def test_a_mixed_radiance_g2_is_also_validated_on_each_radiance(tmp_path):
+    # the mixed validation set draws the radiance per item; the log also scores its items with each radiance
+    pytest.importorskip("training.data")
+    from napari_refocusgan.core.networks import Generator, deblur_config
+    from napari_refocusgan.core.weights import save_generator
+
+    g1 = tmp_path / "g1.safetensors"
+    torch.manual_seed(0)
+    save_generator(Generator(deblur_config(ngf=4, n_blocks=1)), g1, "deblur", {"steps": 0})  # the identity
+    common = dict(steps=2, train_scenes=1, val_scenes=1, val_size=4, val_every=2, cache_dir=str(tmp_path / "cache"),
+                  cache_workers=1)  # fmt: skip
+    cfg = smoke("refocus", radiance=f"mix:{g1}", **common)
+    sets = train_mod._radiance_val_datasets(cfg)
+    assert sorted(sets) == ["g1", "true"]
+    for index in range(len(sets["true"])):
+        true_item, g1_item = sets["true"][index], sets["g1"][index]
+        assert torch.equal(true_item["input"][:3], g1_item["input"][:3])
+        assert torch.equal(true_item["target"], g1_item["target"])
+        # the untrained G1 returns its input; the true radiance is the centre view, which is not the input
+        assert torch.allclose(g1_item["input"][3:], g1_item["input"][:3], atol=2e-2)
+        assert not torch.allclose(true_item["input"][3:], true_item["input"][:3], atol=2e-2)
+    train(cfg, tmp_path / "mix", progress=False)
+    last = _log(tmp_path / "mix")[-1]
+    for column in ("val_psnr", "val_psnr_true", "val_ssim_true", "val_psnr_g1", "val_ssim_g1"):
+        assert 0 < float(last[column]) < 100, column
+    # a run on one radiance has nothing to split
+    assert train_mod._radiance_val_datasets(smoke("refocus", radiance="true", **common)) == {}
+    train(smoke("refocus", radiance="true", **common), tmp_path / "true", progress=False)
+    last = _log(tmp_path / "true")[-1]
+    assert last["val_psnr"] and last["val_psnr_true"] == last["val_psnr_g1"] == ""
+
+
 def test_cli_hands_evaluate_its_own_arguments(capsys):
     pytest.importorskip("training.evaluate")
     with pytest.raises(SystemExit) as exit_info:

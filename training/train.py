@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -47,7 +47,7 @@ LOG_NAME = "log.csv"
 CHECKPOINT_FORMAT = 1
 LOG_FIELDS = [
     "step", "epoch", "time_s", "lr", "loss_g", "loss_adv", "loss_content", "loss_pixel", "loss_ssim", "loss_d", "w_dist",
-    "gp", "val_psnr", "val_ssim",
+    "gp", "val_psnr", "val_ssim", "val_psnr_true", "val_ssim_true", "val_psnr_g1", "val_ssim_g1",
 ]  # fmt: skip
 
 
@@ -466,6 +466,20 @@ def _build_dataset(cfg: TrainConfig, split: str) -> Dataset:
     return data.build_dataset(cfg.task, split=split, config=cfg, data_paths=cfg.data_paths or None, seed=cfg.seed)
 
 
+def _radiance_val_datasets(cfg: TrainConfig) -> dict[str, Dataset]:
+    """For a G2 trained on ``--radiance mix:W``: the validation set again with every item given the true
+    radiance ("true") and with every item given G1's ("g1"), keyed by the suffix of their log columns.
+    The mixed set draws the radiance per item, so a change that helps one radiance and hurts the other can
+    leave its score flat. Empty for other runs."""
+    kind, g1_path = radiance_source(cfg.radiance)
+    if cfg.task != "refocus" or cfg.single_stage or kind != "mix":
+        return {}
+    return {
+        "true": _build_dataset(replace(cfg, radiance="true"), "val"),
+        "g1": _build_dataset(replace(cfg, radiance=f"g1:{g1_path}"), "val"),
+    }
+
+
 def check_data_paths(paths: list[str]) -> None:
     """Clear errors for data paths that cannot hold training data."""
     for p in paths:
@@ -537,8 +551,10 @@ def train(
     seed_everything(cfg.seed + rank)
     with preserved_rng():
         dataset = dataset if dataset is not None else _build_dataset(cfg, "train")
+        radiance_val: dict[str, Dataset] = {}
         if val_dataset is None and rank == 0 and cfg.val_size > 0:
             val_dataset = _build_dataset(cfg, "val")
+            radiance_val = _radiance_val_datasets(cfg)
     if len(dataset) == 0:
         raise RefocusError("the training data is empty: no scenes were found")
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
@@ -558,13 +574,16 @@ def train(
         if ckpt["rng"][rank]["dataset"] is not None and hasattr(dataset, "load_state_dict"):
             dataset.load_state_dict(ckpt["rng"][rank]["dataset"])
 
-    val_batches: list[dict] = []
+    # validation batches by log-column suffix: "" for the run's own set, then one per radiance (see
+    # _radiance_val_datasets), all of the same items
+    val_batches: dict[str, list[dict]] = {}
     if rank == 0 and val_dataset is not None and cfg.val_size > 0:
-        with preserved_rng():
-            # spread over the whole validation set: its first items are one scene (and, for G2, one δ sign)
-            picks = np.unique(np.linspace(0, len(val_dataset) - 1, min(cfg.val_size, len(val_dataset))).round())
-            items = [val_dataset[int(i)] for i in picks]
-        val_batches = [_collate(items[i : i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
+        # spread over the whole validation set: its first items are one scene (and, for G2, one δ sign)
+        picks = np.unique(np.linspace(0, len(val_dataset) - 1, min(cfg.val_size, len(val_dataset))).round())
+        for suffix, ds in (("", val_dataset), *((f"_{name}", d) for name, d in radiance_val.items())):
+            with preserved_rng():
+                items = [ds[int(i)] for i in picks]
+            val_batches[suffix] = [_collate(items[i : i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
 
     log = RunLog(out / LOG_NAME, trainer.step if ckpt is not None else None) if rank == 0 else None
 
@@ -606,7 +625,8 @@ def train(
                     history.append(dict(row))
                     if val_batches and (step % cfg.val_every == 0 or step == total_steps):
                         with preserved_rng():
-                            row.update({k: round(v, 4) for k, v in trainer.validate(val_batches).items()})
+                            for suffix, batches in val_batches.items():
+                                row.update({k + suffix: round(v, 4) for k, v in trainer.validate(batches).items()})
                     if step % cfg.log_every == 0 or "val_psnr" in row or step == total_steps:
                         log.append(row)
                     if bar is not None:
