@@ -57,6 +57,8 @@ class PairDataset(Dataset):
         blurred = F.avg_pool2d(sharp[None], 5, 1, 2, count_include_pad=False)[0]
         extra = sharp if self.channels == 6 else (sharp - blurred).abs().mean(0, keepdim=True) * 2 - 1
         item = {"input": torch.cat([blurred, extra][: 1 if self.channels == 3 else 2]), "target": sharp}
+        if self.task == "deblur":  # "in focus": where the blur left the image unchanged (flat patches)
+            item["in_focus"] = ((sharp - blurred).abs().amax(0, keepdim=True) < 0.05).float()
         if self.task == "refocus":
             item["delta"] = torch.tensor(float(i % 19 - 9))
         return item
@@ -157,6 +159,10 @@ def test_configs_resolve_and_reject_bad_values():
     for share in ("far_background", "true_radiance_share"):
         with pytest.raises(RefocusError, match=f"{share} is a share"):
             get_config("cpu", "refocus", **{share: 1.5})
+    with pytest.raises(RefocusError, match="deblur"):
+        get_config("cpu", "refocus", in_focus_weight=1.0)
+    with pytest.raises(RefocusError, match="≥ 0"):
+        get_config("cpu", "deblur", in_focus_weight=-1.0)
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -190,6 +196,29 @@ def test_ssim_term_matches_the_evaluation_metric_and_decreases_on_one_batch(tmp_
     term = [row["loss_ssim"] for row in result.history]
     assert sum(term[-5:]) / 5 < 0.8 * sum(term[:5]) / 5, term
     assert load_checkpoint(result.checkpoint)["metadata"]["ssim_weight"] == "1.0"
+
+
+def test_in_focus_term_scores_only_the_pixels_in_focus_and_decreases_on_one_batch(tmp_path):
+    # weight 1, no other loss: the term alone trains the generator
+    cfg = smoke(steps=40, lr=1e-3, val_size=0, log_every=40, ckpt_every=40, perceptual="none", adv_weight=0,
+                in_focus_weight=1.0)  # fmt: skip
+    sets = datasets(n=1)
+    item = sets["dataset"][0]
+    assert 0 < float(item["in_focus"].mean()) < 1  # the fixed batch has pixels both in and out of focus
+    trainer = train_mod.Trainer(cfg, device="cpu")
+    torch.manual_seed(0)  # the same dropout masks in both forward passes
+    with torch.no_grad():
+        fake = trainer.generator.train()(item["input"][None])
+    torch.manual_seed(0)
+    stats = trainer.train_step({k: v[None] for k, v in item.items()})
+    sharp = item["in_focus"].bool().expand(3, -1, -1)
+    expected = float(((fake[0] - item["target"]) ** 2)[sharp].mean())
+    assert stats["loss_in_focus"] == pytest.approx(expected, rel=1e-4)
+
+    result = train(cfg, tmp_path / "run", progress=False, **sets)
+    term = [row["loss_in_focus"] for row in result.history]
+    assert sum(term[-5:]) / 5 < 0.7 * sum(term[:5]) / 5, term
+    assert load_checkpoint(result.checkpoint)["metadata"]["in_focus_weight"] == "1.0"
 
 
 def _log(run: Path) -> list[dict]:

@@ -132,6 +132,24 @@ def test_deblur_targets_are_the_centre_view_and_inputs_carry_the_focus_channel(c
     np.testing.assert_allclose(item["input"][3].numpy(), full_focus[o : o + CROP, o : o + CROP], atol=1e-5)
 
 
+def test_deblur_items_mark_the_pixels_in_focus_from_the_disparity(cache):
+    ds = build_dataset("deblur", split="val", config=make_config(cache))
+    scene = _cached_scene(cache, data.split_seeds("val", 1)[0])
+    o = (SIZE - CROP) // 2
+    disparity = np.asarray(scene.get("disparity"))[o : o + CROP, o : o + CROP]
+    shares = []
+    for k, slope in enumerate(data.STACK.slopes()):
+        mask = ds[k]["in_focus"]
+        assert mask.shape == (1, CROP, CROP) and mask.dtype == torch.float32
+        expected = np.abs(disparity - slope) / data.STACK.slope_step < data.IN_FOCUS_SLICES
+        np.testing.assert_array_equal(mask[0].numpy().astype(bool), expected)
+        shares.append(float(mask.mean()))
+    assert 0 < max(shares) and min(shares) < 1  # the scene is in focus somewhere, and not everywhere
+    # an already-sharp training item (the centre view) is in focus everywhere
+    sharp = build_dataset("deblur", split="train", config=make_config(cache, identity_prob=1.0))
+    assert float(sharp[0]["in_focus"].min()) == 1.0
+
+
 def test_jpeg_degrades_only_the_input():
     rng = np.random.default_rng(0)
     img = rng.random((32, 32, 3)).astype(np.float32)

@@ -52,6 +52,8 @@ _OVERRIDES = [
     ("--perceptual-weight", float, "weight of the content term (paper 100)"),
     ("--pixel-weight", float, "weight of an extra pixel MSE term (DeblurGAN-v2 used 0.5)"),
     ("--ssim-weight", float, "weight of an extra 1 − SSIM term (default 0)"),
+    ("--in-focus-weight", float, "deblur: weight of an extra squared-error term on the pixels already in focus "
+                                 "(ground truth; default 0)"),
     ("--lr", float, "Adam learning rate (paper 1e-4)"),
     ("--scene-size", int, "synthetic scene size in pixels"),
     ("--train-scenes", int, "number of training scenes"),

@@ -94,6 +94,10 @@ class TrainConfig:
     perceptual_weight: float = 100.0
     pixel_weight: float = 0.0  # DeblurGAN-v2 mixed 0.5·MSE into the content loss
     ssim_weight: float = 0.0  # weight of a 1 − SSIM term (the metric of the quality bar)
+    # deblur: weight of a squared-error term on the pixels the ground truth says are already in focus. A
+    # content loss over the whole crop barely sees them (their error is small), so sharpening can overshoot
+    # there unpunished; the quality bar scores them apart.
+    in_focus_weight: float = 0.0
     vgg_weights: str | None = None
 
     # optimiser: Adam, constant lr for the first half, then linear decay to 0
@@ -161,6 +165,10 @@ class TrainConfig:
             raise RefocusError(f"--steps must be at least 1, got {self.steps}")
         if self.lr <= 0:
             raise RefocusError(f"lr must be positive, got {self.lr}")
+        if self.in_focus_weight < 0:
+            raise RefocusError(f"--in-focus-weight must be ≥ 0, got {self.in_focus_weight}")
+        if self.in_focus_weight and self.task != "deblur":
+            raise RefocusError("--in-focus-weight applies to deblur (G1) only")
         for name in ("clean_prob", "far_background", "true_radiance_share"):
             check_share(name, getattr(self, name))
         return self

@@ -73,6 +73,9 @@ STACK = StackConfig()  # the paper protocol: 7×7 views, 30 slopes in ±1.5, kee
 # first). Cached under its own key; changing this range changes the scenes, so bump CACHE_VERSION with it.
 FAR_BACKGROUND_SLICES = (8.0, 35.0)
 MAX_DELTA = len(STACK.slopes()) - 1  # 9: both slices must stay inside the 10-slice stack
+# A pixel is in focus in a slice when its disparity lies within this many slices of the slice's slope
+# (the quality bar's in-focus pixels, and what --in-focus-weight protects in training).
+IN_FOCUS_SLICES = 0.5
 DELTA_SETS = {
     "8": (8.0,),
     "4": (-9.0, -5.0, 5.0, 9.0),
@@ -423,6 +426,11 @@ def degrade_input(image: np.ndarray, rng: np.random.Generator, scene_noise: floa
     return out.astype(np.float32)
 
 
+def in_focus_mask(disparity: np.ndarray, slope: float, step: float = STACK.slope_step) -> np.ndarray:
+    """Where a slice at ``slope`` shows the scene in focus: disparity within IN_FOCUS_SLICES slices."""
+    return np.abs(np.asarray(disparity, dtype=np.float32) - slope) / step < IN_FOCUS_SLICES
+
+
 def focus_map(image: np.ndarray) -> np.ndarray:
     """G1's focus channel (H, W, 1) in [-1, 1) of a whole (H, W, 3) image in [0, 1]."""
     with torch.no_grad():
@@ -552,17 +560,26 @@ class FocalStackPairs(Dataset):
     # -- deblur
     def _deblur_item(self, scene: CachedScene, k: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         centre = scene.centre
+        disparity = scene.get("disparity")
         if self.train and rng.random() < self.augment.identity_prob:
             source = centre  # already sharp: the output must equal the input's content
+            in_focus = np.ones(centre.shape[:2], bool)
         else:
-            source = scene.slice(k % scene.stack.shape[0])
+            i = k % scene.stack.shape[0]
+            source = scene.slice(i)
+            # unknown without a disparity map: then no pixel counts as in focus
+            in_focus = np.zeros(centre.shape[:2], bool) if disparity is None else in_focus_mask(disparity, float(STACK.slopes()[i]))
         image = self._degrade(source, scene, rng)
         y0, y1, x0, x1 = self._window(*image.shape[:2], rng)
         parts = [image]
         if not self.no_sml:
             parts.append(focus_map(image) * 0.5 + 0.5)  # back to [0, 1]; to_signed maps it to [-1, 1)
         inp = to_signed(np.concatenate(parts, axis=-1)[y0:y1, x0:x1])
-        item = {"input": inp, "target": to_signed(centre[y0:y1, x0:x1])}
+        item = {
+            "input": inp,
+            "target": to_signed(centre[y0:y1, x0:x1]),
+            "in_focus": torch.from_numpy(np.ascontiguousarray(in_focus[None, y0:y1, x0:x1], dtype=np.float32)),
+        }
         return self._flip(item, rng)
 
     # -- refocus

@@ -48,9 +48,8 @@ from napari_refocusgan.core.focalstack import centre_view, focal_stack
 from . import data
 from .configs import radiance_source
 
-# In-focus / out-of-focus masks, in slices of |disparity − slope|: half a slice is a blur disk under
-# 0.3 px over 7×7 views (sharp); beyond two slices the disk exceeds 1.2 px (visibly blurred).
-IN_FOCUS_SLICES = 0.5
+# In-focus / out-of-focus masks, in slices of |disparity − slope|: half a slice (data.IN_FOCUS_SLICES) is a
+# blur disk under 0.3 px over 7×7 views (sharp); beyond two slices the disk exceeds 1.2 px (visibly blurred).
 OUT_OF_FOCUS_SLICES = 2.0
 DELTA_CONFIGS: dict[str, tuple[int, ...]] = {
     "+8": (8,),
@@ -81,8 +80,7 @@ def ssim(reference: np.ndarray, image: np.ndarray) -> float:
 
 def focus_masks(disparity: np.ndarray, slope: float, step: float) -> tuple[np.ndarray, np.ndarray]:
     """(in-focus, out-of-focus) pixel masks of the slice at ``slope`` (see the module constants)."""
-    off = np.abs(disparity - slope) / step
-    return off < IN_FOCUS_SLICES, off > OUT_OF_FOCUS_SLICES
+    return data.in_focus_mask(disparity, slope, step), np.abs(disparity - slope) / step > OUT_OF_FOCUS_SLICES
 
 
 def _mean(values: Sequence[float]) -> float:

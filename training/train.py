@@ -46,8 +46,8 @@ CHECKPOINT_NAME = "last.pt"
 LOG_NAME = "log.csv"
 CHECKPOINT_FORMAT = 1
 LOG_FIELDS = [
-    "step", "epoch", "time_s", "lr", "loss_g", "loss_adv", "loss_content", "loss_pixel", "loss_ssim", "loss_d", "w_dist",
-    "gp", "val_psnr", "val_ssim", "val_psnr_true", "val_ssim_true", "val_psnr_g1", "val_ssim_g1",
+    "step", "epoch", "time_s", "lr", "loss_g", "loss_adv", "loss_content", "loss_pixel", "loss_ssim", "loss_in_focus",
+    "loss_d", "w_dist", "gp", "val_psnr", "val_ssim", "val_psnr_true", "val_ssim_true", "val_psnr_g1", "val_ssim_g1",
 ]  # fmt: skip
 
 
@@ -339,6 +339,11 @@ class Trainer:
             dissimilarity = ssim_loss(fake.float(), y)
             loss_g = loss_g + cfg.ssim_weight * dissimilarity
             stats["loss_ssim"] = float(dissimilarity.detach())
+        if cfg.in_focus_weight:
+            sharp = batch["in_focus"].to(self.device, torch.float32)
+            in_focus = ((fake - y) ** 2 * sharp).sum() / (sharp.sum() * fake.shape[1]).clamp_min(1.0)
+            loss_g = loss_g + cfg.in_focus_weight * in_focus
+            stats["loss_in_focus"] = float(in_focus.detach())
         if cfg.adversarial:
             with self.autocast():
                 adv = generator_adversarial_loss(self.critic, cond, fake).float()
@@ -422,6 +427,7 @@ class Trainer:
             "perceptual_weight": str(cfg.perceptual_weight),
             "pixel_weight": str(cfg.pixel_weight),
             **({"ssim_weight": str(cfg.ssim_weight)} if cfg.ssim_weight else {}),
+            **({"in_focus_weight": str(cfg.in_focus_weight)} if cfg.in_focus_weight else {}),
             "train_scenes": str(cfg.train_scenes),
             **({"far_background": str(cfg.far_background)} if cfg.far_background else {}),
             "data": ";".join(cfg.data_paths) or "synthetic",
