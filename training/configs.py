@@ -123,7 +123,7 @@ class TrainConfig:
         size = {k: v for k, v in (("ngf", self.ngf), ("n_blocks", self.n_blocks)) if v is not None}
         if self.task == "deblur":
             if self.no_sml:
-                return deblur_config(in_channels=3, focus_gate=False, **size)
+                return deblur_config(in_channels=3, focus_gate=False, gate_detail=False, **size)
             return deblur_config(**size)
         deltas = REFOCUS_DELTAS[self.refocus_deltas]
         mode = "continuous" if self.refocus_deltas == "continuous" else "onehot"
