@@ -104,6 +104,9 @@ class TrainConfig:
     lr: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    # G1's focus gate is two scalars; Adam moves each by about lr per step, so at the network's lr a fine-tune
+    # of a few thousand steps barely moves them. This multiplies their lr (1: one group, as in older runs).
+    gate_lr_factor: float = 1.0
 
     # speed
     channels_last: bool = False
@@ -165,6 +168,8 @@ class TrainConfig:
             raise RefocusError(f"--steps must be at least 1, got {self.steps}")
         if self.lr <= 0:
             raise RefocusError(f"lr must be positive, got {self.lr}")
+        if self.gate_lr_factor <= 0:
+            raise RefocusError(f"--gate-lr-factor must be positive, got {self.gate_lr_factor}")
         if self.in_focus_weight < 0:
             raise RefocusError(f"--in-focus-weight must be ≥ 0, got {self.in_focus_weight}")
         if self.in_focus_weight and self.task != "deblur":
