@@ -573,7 +573,7 @@ def test_a_mixed_radiance_g2_is_also_validated_on_each_radiance(tmp_path):
     # the mixed validation set draws the radiance per item; the log also scores its items with each radiance
     pytest.importorskip("training.data")
     from napari_refocusgan.core.networks import Generator, deblur_config
-    from napari_refocusgan.core.weights import save_generator
+    from napari_refocusgan.core.weights import file_sha256, save_generator
 
     g1 = tmp_path / "g1.safetensors"
     torch.manual_seed(0)
@@ -590,13 +590,16 @@ def test_a_mixed_radiance_g2_is_also_validated_on_each_radiance(tmp_path):
         # the untrained G1 returns its input; the true radiance is the centre view, which is not the input
         assert torch.allclose(g1_item["input"][3:], g1_item["input"][:3], atol=2e-2)
         assert not torch.allclose(true_item["input"][3:], true_item["input"][:3], atol=2e-2)
-    train(cfg, tmp_path / "mix", progress=False)
+    result = train(cfg, tmp_path / "mix", progress=False)
+    # the model card names the radiance's G1 by content, not only by a path whose file may change
+    assert load_checkpoint(result.checkpoint)["metadata"]["radiance_g1_sha256"] == file_sha256(g1)
     last = _log(tmp_path / "mix")[-1]
     for column in ("val_psnr", "val_psnr_true", "val_ssim_true", "val_psnr_g1", "val_ssim_g1"):
         assert 0 < float(last[column]) < 100, column
     # a run on one radiance has nothing to split
     assert train_mod._radiance_val_datasets(smoke("refocus", radiance="true", **common)) == {}
-    train(smoke("refocus", radiance="true", **common), tmp_path / "true", progress=False)
+    result = train(smoke("refocus", radiance="true", **common), tmp_path / "true", progress=False)
+    assert "radiance_g1_sha256" not in load_checkpoint(result.checkpoint)["metadata"]
     last = _log(tmp_path / "true")[-1]
     assert last["val_psnr"] and last["val_psnr_true"] == last["val_psnr_g1"] == ""
 

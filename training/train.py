@@ -69,6 +69,15 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------- helpers
 
 
+def _radiance_g1_sha256(cfg: TrainConfig) -> str:
+    """sha256 of the G1 weights that make G2's radiance (``--radiance g1:W|mix:W``; W a file or registry name),
+    or "" when G2 gets the true radiance only."""
+    from napari_refocusgan.core.weights import load_generator
+
+    weights = radiance_source(cfg.radiance)[1] if cfg.task == "refocus" and not cfg.single_stage else ""
+    return file_sha256(load_generator(weights).source) if weights else ""
+
+
 def _generator_param_groups(generator: nn.Module, cfg: TrainConfig) -> list[dict]:
     """The generator's Adam parameter groups: one, or with ``gate_lr_factor`` ≠ 1 a second one holding the
     focus gate's scalars at that multiple of the learning rate."""
@@ -264,6 +273,8 @@ class Trainer:
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, schedule)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, schedule)
         self.init_sha256 = ""
+        # the G1 that makes G2's radiance: its path alone would not say which weights, once that file changes
+        self.radiance_sha256 = _radiance_g1_sha256(cfg)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -453,6 +464,8 @@ class Trainer:
             meta["sml_channel"] = str(not cfg.no_sml).lower()
         else:
             meta.update(refocus_deltas=cfg.refocus_deltas, single_stage=str(cfg.single_stage).lower(), radiance=cfg.radiance)
+            if self.radiance_sha256:
+                meta["radiance_g1_sha256"] = self.radiance_sha256
             if radiance_source(cfg.radiance)[0] == "mix":
                 meta["true_radiance_share"] = str(cfg.true_radiance_share)
         return meta
