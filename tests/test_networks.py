@@ -106,32 +106,6 @@ def test_g1_detail_gains_are_unsharp_masks_at_their_sigmas():
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("gate_detail", [False, True])
-def test_g1_focus_gate_scales_the_detail_terms_only_with_gate_detail(gate_detail):
-    import math
-
-    torch.manual_seed(0)
-    model = Generator(deblur_config(ngf=4, n_blocks=1, gate_detail=gate_detail)).eval()
-    x = _batch(1)[:, :4] * 0.2
-    torch.nn.init.constant_(model.detail[1].bias, math.atanh(0.25))  # gains 0.5, tail residual 0
-    with torch.no_grad():
-        ungated = Generator(deblur_config(ngf=4, n_blocks=1, focus_gate=False))
-        ungated.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("gate_")})
-        detail = ungated.eval()(x) - x[:, :3]
-        gate = torch.sigmoid(model.gate_scale * (model.gate_shift - x[:, 3:4]))
-        out = model(x)
-    assert float((gate - 1).abs().min()) > 0.1  # the gate is far from 1 everywhere: the two cases differ
-    expected = x[:, :3] + (detail * gate if gate_detail else detail)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-
-
-def test_new_g1s_gate_their_detail_terms_and_older_configs_load_without():
-    assert deblur_config().gate_detail
-    old = deblur_config().to_dict()
-    del old["gate_detail"]  # a config saved before the field existed
-    assert not GeneratorConfig.from_dict(old).gate_detail
-
-
 def test_g2_detail_gains_blur_the_input_and_the_radiance():
     """G2's gains act on RGB (first 3) and radiance (last 3): gain −1 at σ gives the Gaussian blur at σ, so
     G2 can blur what leaves focus and re-blur the radiance where the target is only partly sharper."""

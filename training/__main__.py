@@ -55,7 +55,6 @@ _OVERRIDES = [
     ("--in-focus-weight", float, "deblur: weight of an extra squared-error term on the pixels already in focus "
                                  "(ground truth; default 0)"),
     ("--lr", float, "Adam learning rate (paper 1e-4)"),
-    ("--gate-lr-factor", float, "G1: learning rate of the focus gate's two scalars, as a multiple of --lr (default 1)"),
     ("--scene-size", int, "synthetic scene size in pixels"),
     ("--train-scenes", int, "number of training scenes"),
     ("--clean-prob", float, "share of training inputs left clean (no sensor noise or JPEG; default 0)"),

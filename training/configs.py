@@ -104,9 +104,6 @@ class TrainConfig:
     lr: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    # G1's focus gate is two scalars; Adam moves each by about lr per step, so at the network's lr a fine-tune
-    # of a few thousand steps barely moves them. This multiplies their lr (1: one group, as in older runs).
-    gate_lr_factor: float = 1.0
 
     # speed
     channels_last: bool = False
@@ -126,7 +123,7 @@ class TrainConfig:
         size = {k: v for k, v in (("ngf", self.ngf), ("n_blocks", self.n_blocks)) if v is not None}
         if self.task == "deblur":
             if self.no_sml:
-                return deblur_config(in_channels=3, focus_gate=False, gate_detail=False, **size)
+                return deblur_config(in_channels=3, focus_gate=False, **size)
             return deblur_config(**size)
         deltas = REFOCUS_DELTAS[self.refocus_deltas]
         mode = "continuous" if self.refocus_deltas == "continuous" else "onehot"
@@ -168,8 +165,6 @@ class TrainConfig:
             raise RefocusError(f"--steps must be at least 1, got {self.steps}")
         if self.lr <= 0:
             raise RefocusError(f"lr must be positive, got {self.lr}")
-        if self.gate_lr_factor <= 0:
-            raise RefocusError(f"--gate-lr-factor must be positive, got {self.gate_lr_factor}")
         if self.in_focus_weight < 0:
             raise RefocusError(f"--in-focus-weight must be ≥ 0, got {self.in_focus_weight}")
         if self.in_focus_weight and self.task != "deblur":

@@ -78,17 +78,6 @@ def _radiance_g1_sha256(cfg: TrainConfig) -> str:
     return file_sha256(load_generator(weights).source) if weights else ""
 
 
-def _generator_param_groups(generator: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """The generator's Adam parameter groups: one, or with ``gate_lr_factor`` ≠ 1 a second one holding the
-    focus gate's scalars at that multiple of the learning rate."""
-    named = list(generator.named_parameters())
-    gate = [p for name, p in named if name.startswith("gate_")]
-    if cfg.gate_lr_factor == 1 or not gate:
-        return [{"params": [p for _, p in named]}]
-    rest = [p for name, p in named if not name.startswith("gate_")]
-    return [{"params": rest}, {"params": gate, "lr": cfg.lr * cfg.gate_lr_factor}]
-
-
 def lr_factor(step: int, total_steps: int) -> float:
     """Constant for the first half of training, then linear to 0 at ``total_steps`` (DeblurGAN)."""
     half = total_steps // 2
@@ -267,7 +256,7 @@ class Trainer:
         for m in (self.generator, self.critic, self.content):
             m.to(device=self.device, memory_format=self.memory_format)
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_g = torch.optim.Adam(_generator_param_groups(self.generator, cfg), lr=cfg.lr, betas=betas)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=betas)
         schedule = lambda step: lr_factor(step, total_steps)  # noqa: E731
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, schedule)
@@ -450,7 +439,6 @@ class Trainer:
             "pixel_weight": str(cfg.pixel_weight),
             **({"ssim_weight": str(cfg.ssim_weight)} if cfg.ssim_weight else {}),
             **({"in_focus_weight": str(cfg.in_focus_weight)} if cfg.in_focus_weight else {}),
-            **({"gate_lr_factor": str(cfg.gate_lr_factor)} if cfg.gate_lr_factor != 1 else {}),
             "train_scenes": str(cfg.train_scenes),
             **({"far_background": str(cfg.far_background)} if cfg.far_background else {}),
             "data": ";".join(cfg.data_paths) or "synthetic",

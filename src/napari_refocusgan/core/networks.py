@@ -41,10 +41,6 @@ class GeneratorConfig:
     deltas: tuple[float, ...] = field(default_factory=tuple)
     # gate the residual by the SML channel (G1): sharp pixels get less correction
     focus_gate: bool = False
-    # the focus gate also scales the detail terms (below), not only the tail's residual. The gate follows the
-    # full-resolution SML channel while the detail gains come from the 4×-downsampled decoder, which cannot
-    # tell a sharp pixel from a slightly blurred one. False in configs saved before it existed.
-    gate_detail: bool = False
     # δ also scales and shifts each residual block's first InstanceNorm output (see the module docstring).
     # False in configs saved before it existed, so their weights still load.
     delta_modulation: bool = False
@@ -273,9 +269,8 @@ class Generator(nn.Module):
         inference calls this too, so that both paths share one definition."""
         heads = iter(self._heads(features))
         residual = next(heads)
-        gate = torch.sigmoid(self.gate_scale * (self.gate_shift - x[:, 3:4])) if self.cfg.focus_gate else None
-        if gate is not None and not self.cfg.gate_detail:
-            residual = residual * gate
+        if self.cfg.focus_gate:
+            residual = residual * torch.sigmoid(self.gate_scale * (self.gate_shift - x[:, 3:4]))
         rgb = x[:, :3]
         if self.cfg.radiance_blend:
             residual = residual + next(heads) * (x[:, 3:6] - rgb)
@@ -288,8 +283,6 @@ class Generator(nn.Module):
                 for b in blurs:
                     residual = torch.addcmul(residual, gains[:, k : k + 1], src - b[:, channels])
                     k += 1
-        if gate is not None and self.cfg.gate_detail:
-            residual = residual * gate
         return torch.clamp(rgb + residual, -1, 1)
 
     def _heads(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -327,10 +320,8 @@ REFOCUS_DETAIL_SIGMAS = (1.0, 2.0, 4.0)
 
 
 def deblur_config(**overrides) -> GeneratorConfig:
-    """G1: RGB + SML channel, learned unsharp masks at :data:`DEBLUR_DETAIL_SIGMAS`, the whole residual gated by
-    the focus channel."""
-    settings = {"in_channels": 4, "focus_gate": True, "gate_detail": True, "detail_sigmas": DEBLUR_DETAIL_SIGMAS}
-    return GeneratorConfig(**{**settings, **overrides})
+    """G1: RGB + SML channel, gated residual, learned unsharp masks at :data:`DEBLUR_DETAIL_SIGMAS`."""
+    return GeneratorConfig(**{"in_channels": 4, "focus_gate": True, "detail_sigmas": DEBLUR_DETAIL_SIGMAS, **overrides})
 
 
 def refocus_config(deltas=tuple(range(-9, 10)), mode: DeltaMode = "continuous", **overrides) -> GeneratorConfig:
