@@ -219,6 +219,8 @@ def test_in_focus_term_scores_only_the_pixels_in_focus_and_decreases_on_one_batc
     term = [row["loss_in_focus"] for row in result.history]
     assert sum(term[-5:]) / 5 < 0.7 * sum(term[:5]) / 5, term
     assert load_checkpoint(result.checkpoint)["metadata"]["in_focus_weight"] == "1.0"
+    with pytest.raises(RefocusError, match="in_focus"):
+        trainer.train_step({k: v[None] for k, v in item.items() if k != "in_focus"})
 
 
 def _log(run: Path) -> list[dict]:

@@ -567,8 +567,10 @@ class FocalStackPairs(Dataset):
         else:
             i = k % scene.stack.shape[0]
             source = scene.slice(i)
-            # unknown without a disparity map: then no pixel counts as in focus
-            in_focus = np.zeros(centre.shape[:2], bool) if disparity is None else in_focus_mask(disparity, float(STACK.slopes()[i]))
+            if disparity is None:  # unknown without a disparity map: then no pixel counts as in focus
+                in_focus = np.zeros(centre.shape[:2], bool)
+            else:
+                in_focus = in_focus_mask(disparity, float(STACK.slopes()[i]))
         image = self._degrade(source, scene, rng)
         y0, y1, x0, x1 = self._window(*image.shape[:2], rng)
         parts = [image]

@@ -351,6 +351,8 @@ class Trainer:
             loss_g = loss_g + cfg.ssim_weight * dissimilarity
             stats["loss_ssim"] = float(dissimilarity.detach())
         if cfg.in_focus_weight:
+            if "in_focus" not in batch:
+                raise RefocusError("--in-focus-weight needs deblur items with an 'in_focus' mask (training.data adds one)")
             sharp = batch["in_focus"].to(self.device, torch.float32)
             in_focus = ((fake - y) ** 2 * sharp).sum() / (sharp.sum() * fake.shape[1]).clamp_min(1.0)
             loss_g = loss_g + cfg.in_focus_weight * in_focus
