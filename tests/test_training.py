@@ -163,6 +163,8 @@ def test_configs_resolve_and_reject_bad_values():
         get_config("cpu", "refocus", in_focus_weight=1.0)
     with pytest.raises(RefocusError, match="≥ 0"):
         get_config("cpu", "deblur", in_focus_weight=-1.0)
+    with pytest.raises(RefocusError, match="disparity"):
+        get_config("cpu", "deblur", in_focus_weight=1.0, data_paths=["lightfields/"])
 
 
 # --------------------------------------------------------------------------------------------- loop

@@ -150,6 +150,25 @@ def test_deblur_items_mark_the_pixels_in_focus_from_the_disparity(cache):
     assert float(sharp[0]["in_focus"].min()) == 1.0
 
 
+def test_a_flipped_training_item_flips_its_in_focus_mask_with_the_image(cache, monkeypatch):
+    # the centred window, so that the only unknown is which flips each item drew
+    monkeypatch.setattr(data.FocalStackPairs, "_window", lambda self, h, w, rng: ((h - CROP) // 2, (h + CROP) // 2,
+                                                                             (w - CROP) // 2, (w + CROP) // 2))
+    ds = build_dataset("deblur", split="train", config=make_config(cache, identity_prob=0.0))
+    scene = _cached_scene(cache, data.split_seeds("train", 1)[0])
+    o = (SIZE - CROP) // 2
+    centre = torch.from_numpy(scene.centre[o : o + CROP, o : o + CROP] * 2 - 1).permute(2, 0, 1)
+    disparity = np.asarray(scene.get("disparity"))[o : o + CROP, o : o + CROP]
+    flips_seen = set()
+    for k, slope in enumerate(data.STACK.slopes()):
+        item = ds[k]
+        expected = torch.from_numpy(data.in_focus_mask(disparity, float(slope))[None].astype(np.float32))
+        dims = next(d for d in ((), (-1,), (-2,), (-1, -2)) if torch.allclose(item["target"], centre.flip(d) if d else centre, atol=1e-6))
+        flips_seen.add(dims)
+        assert torch.equal(item["in_focus"], expected.flip(dims) if dims else expected), (k, dims)
+    assert len(flips_seen) > 1  # some items were flipped and some not
+
+
 def test_jpeg_degrades_only_the_input():
     rng = np.random.default_rng(0)
     img = rng.random((32, 32, 3)).astype(np.float32)

@@ -169,6 +169,10 @@ class TrainConfig:
             raise RefocusError(f"--in-focus-weight must be ≥ 0, got {self.in_focus_weight}")
         if self.in_focus_weight and self.task != "deblur":
             raise RefocusError("--in-focus-weight applies to deblur (G1) only")
+        if self.in_focus_weight and self.data_paths:
+            # their scenes carry no ground-truth disparity, so the term would only ever see sharp items
+            raise RefocusError("--in-focus-weight needs the synthetic scenes' ground-truth disparity; light fields "
+                               "given with --data have none")
         for name in ("clean_prob", "far_background", "true_radiance_share"):
             check_share(name, getattr(self, name))
         return self
