@@ -6,6 +6,7 @@ Tiny networks (the ``smoke`` config) on a small deterministic in-memory dataset,
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 import os
 import signal
 import subprocess
@@ -574,6 +575,11 @@ def test_a_mixed_radiance_g2_is_also_validated_on_each_radiance(tmp_path):
     result = train(cfg, tmp_path / "mix", progress=False)
     # the model card names the radiance's G1 by content, not only by a path whose file may change
     assert load_checkpoint(result.checkpoint)["metadata"]["radiance_g1_sha256"] == file_sha256(g1)
+    # resuming after the radiance's G1 file changed would mix two G1s under one card
+    torch.manual_seed(1)
+    save_generator(Generator(deblur_config(ngf=4, n_blocks=1)), g1, "deblur", {"steps": 1})
+    with pytest.raises(RefocusError, match="changed since this run began"):
+        train(replace(cfg, steps=4), tmp_path / "mix", resume=True, progress=False)
     last = _log(tmp_path / "mix")[-1]
     for column in ("val_psnr", "val_psnr_true", "val_ssim_true", "val_psnr_g1", "val_ssim_g1"):
         assert 0 < float(last[column]) < 100, column

@@ -414,6 +414,7 @@ class Trainer:
             "sched_d": self.sched_d.state_dict(),
             "rng": rng_states,
             "init_sha256": self.init_sha256,
+            "radiance_sha256": self.radiance_sha256,
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -425,6 +426,12 @@ class Trainer:
         self.sched_d.load_state_dict(ckpt["sched_d"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.init_sha256 = ckpt.get("init_sha256", "")
+        before = ckpt.get("radiance_sha256", "")
+        if before and before != self.radiance_sha256:
+            raise RefocusError(
+                f"the G1 weights in --radiance {self.cfg.radiance} changed since this run began (sha256 "
+                f"{before[:12]}… then, {self.radiance_sha256[:12]}… now); resume with the same file or start a new run"
+            )
 
     def metadata(self) -> dict[str, str]:
         """The model card: how these weights were trained (strings, for safetensors metadata)."""
