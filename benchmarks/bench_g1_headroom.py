@@ -11,7 +11,8 @@ least squares against the centre view, pooled over all test slices, per bin of
 
 then scores the result as the quality bar does (PSNR, SSIM, in-focus PSNR), next to the identity,
 unsharp masking and G1 itself. The true-defocus fit is repeated with the gain maps blurred, to see how sharp
-in space the gains must be. It fits on the test scenes, so it is an upper bound, not a method.
+in space the gains must be. The fits see the answer (they are made on the test scenes, the first with the
+true disparity), so they show the headroom of this form, not a method.
 """
 
 from __future__ import annotations
