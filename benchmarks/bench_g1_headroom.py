@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for sc in ev.synthetic_scenes(args.synthetic, args.scene_size, args.cache_dir):
         for k in range(sc.stack.shape[0]):
             x = sc.stack[k]
-            defocus = np.abs(sc.disparity - sc.slopes[k]) / sc.step
+            defocus = data.defocus_slices(sc.disparity, float(sc.slopes[k]), sc.step)
             focus = data.focus_map(x)[..., 0]
             items.append({
                 "input": x, "centre": sc.centre, "high": high_passes(x), "g1": ev.run_deblur(g1, x),

@@ -426,9 +426,14 @@ def degrade_input(image: np.ndarray, rng: np.random.Generator, scene_noise: floa
     return out.astype(np.float32)
 
 
+def defocus_slices(disparity: np.ndarray, slope: float, step: float = STACK.slope_step) -> np.ndarray:
+    """How far each pixel lies from focus in a slice at ``slope``: |disparity − slope| in slices of ``step``."""
+    return np.abs(np.asarray(disparity, dtype=np.float32) - slope) / step
+
+
 def in_focus_mask(disparity: np.ndarray, slope: float, step: float = STACK.slope_step) -> np.ndarray:
     """Where a slice at ``slope`` shows the scene in focus: disparity within IN_FOCUS_SLICES slices."""
-    return np.abs(np.asarray(disparity, dtype=np.float32) - slope) / step < IN_FOCUS_SLICES
+    return defocus_slices(disparity, slope, step) < IN_FOCUS_SLICES
 
 
 def focus_map(image: np.ndarray) -> np.ndarray:

@@ -80,7 +80,7 @@ def ssim(reference: np.ndarray, image: np.ndarray) -> float:
 
 def focus_masks(disparity: np.ndarray, slope: float, step: float) -> tuple[np.ndarray, np.ndarray]:
     """(in-focus, out-of-focus) pixel masks of the slice at ``slope`` (see the module constants)."""
-    return data.in_focus_mask(disparity, slope, step), np.abs(disparity - slope) / step > OUT_OF_FOCUS_SLICES
+    return data.in_focus_mask(disparity, slope, step), data.defocus_slices(disparity, slope, step) > OUT_OF_FOCUS_SLICES
 
 
 def _mean(values: Sequence[float]) -> float:
