@@ -277,3 +277,14 @@ def test_the_packaged_registry_is_valid_and_its_files_match():
 def test_unwritable_destination_is_a_clear_error(tmp_path):
     with pytest.raises(RefocusError, match="cannot write weights"):
         save_generator(tiny("deblur"), tmp_path / "no" / "such" / "folder" / "g1.safetensors", "deblur")
+
+
+def test_weights_file_names_the_file_of_a_role_a_registered_name_or_a_path(tmp_path):
+    shipped = weights.default_model("deblur").path
+    assert weights.weights_file("deblur") == shipped
+    assert weights.weights_file("deblur-cpu") == shipped
+    own = tmp_path / "own.safetensors"
+    own.write_bytes(b"not read")  # only named, never loaded
+    assert weights.weights_file(own) == own
+    with pytest.raises(RefocusError, match="no such file"):
+        weights.weights_file(tmp_path / "missing.safetensors")

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from napari_refocusgan.core.errors import RefocusError
 from napari_refocusgan.core.networks import Generator, GeneratorConfig
-from napari_refocusgan.core.weights import file_sha256
+from napari_refocusgan.core.weights import file_sha256, weights_file
 
 from .configs import TrainConfig, radiance_source
 from .losses import ContentLoss, PatchCritic, critic_loss, generator_adversarial_loss, ssim_loss
@@ -72,10 +72,8 @@ class TrainResult:
 def _radiance_g1_sha256(cfg: TrainConfig) -> str:
     """sha256 of the G1 weights that make G2's radiance (``--radiance g1:W|mix:W``; W a file or registry name),
     or "" when G2 gets the true radiance only."""
-    from napari_refocusgan.core.weights import load_generator
-
     weights = radiance_source(cfg.radiance)[1] if cfg.task == "refocus" and not cfg.single_stage else ""
-    return file_sha256(load_generator(weights).source) if weights else ""
+    return file_sha256(weights_file(weights)) if weights else ""
 
 
 def lr_factor(step: int, total_steps: int) -> float:

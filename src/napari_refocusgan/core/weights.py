@@ -327,6 +327,11 @@ def _resolve(
     return path, shipped
 
 
+def weights_file(spec: str | os.PathLike, registry: str | os.PathLike | None = None) -> Path:
+    """The file that ``spec`` (a role, a registered name or a path) names, without loading or checking it."""
+    return _resolve(spec, None, registry)[0]
+
+
 def load_generator(
     spec: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
