@@ -90,8 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from scipy import ndimage
 
-    from napari_refocusgan.core.classical import CLASSICAL_METHODS
-
     t0 = time.perf_counter()
     g1 = ev.load_model(args.g1)
     items = []
@@ -106,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                 "defocus_bin": np.minimum(np.floor(defocus), DEFOCUS_BINS - 1).astype(int),
                 "sml_bin": np.clip(((focus + 1) / 2 * SML_BINS).astype(int), 0, SML_BINS - 1),
             })  # fmt: skip
-    unsharp = CLASSICAL_METHODS["unsharp"]
+    unsharp = ev.classical_methods()["unsharp"]  # as the quality bar scores it
     rows = [
         ("identity (input slice)", score(items, [it["input"] for it in items])),
-        ("unsharp (registry defaults)", score(items, [np.clip(ev._result_image(unsharp(it["input"])), 0, 1) for it in items])),
+        ("unsharp (registry defaults)", score(items, [unsharp(it["input"]) for it in items])),
         (f"G1 ({args.g1})", score(items, [it["g1"] for it in items])),
     ]  # fmt: skip
     by_defocus = fit_gains(items, "defocus_bin", DEFOCUS_BINS)
