@@ -139,35 +139,3 @@ def test_configs_saved_before_detail_sigmas_have_none():
     del old["detail_sigmas"]
     assert GeneratorConfig.from_dict(old).detail_sigmas == ()
     assert GeneratorConfig.from_dict(deblur_config().to_dict()) == deblur_config()
-
-
-def test_reblur_ratio_of_a_blurred_step_edge_follows_the_gaussian_law():
-    # a step edge blurred by σ has gradient energy ∝ 1/σ, so re-blurring by σ0 scales it by σ/sqrt(σ² + σ0²)
-    from napari_refocusgan.core.blur_compare import gaussian_blur_torch
-    from napari_refocusgan.core.focus import reblur_ratio_torch
-
-    edge = torch.zeros(1, 1, 64, 64)
-    edge[..., 32:] = 1.0
-    for sigma in (1.0, 2.0, 4.0):
-        blurred = gaussian_blur_torch(edge, sigma)
-        for contrast in (1.0, 0.2):  # independent of the edge's contrast, unlike SML
-            ratio = float(reblur_ratio_torch(contrast * blurred, 1.0, window=31, eps=1e-12)[0, 0, 32, 32])
-            assert ratio == pytest.approx(sigma / (sigma**2 + 1) ** 0.5, abs=0.03), (sigma, contrast)
-
-
-def test_the_gain_path_starts_at_zero_and_leaves_older_configs_unchanged():
-    cfg = deblur_config(ngf=4, n_blocks=1, gain_path_width=8, gain_path_reblur_sigmas=(1.0, 2.0))
-    torch.manual_seed(0)
-    with_path = Generator(cfg).eval()
-    torch.nn.init.normal_(with_path.detail[1].weight, 0, 0.05)  # a trained-looking detail head
-    without = Generator(deblur_config(ngf=4, n_blocks=1)).eval()
-    without.load_state_dict({k: v for k, v in with_path.state_dict().items() if not k.startswith("gain_path")})
-    x = _batch()[:, :4]
-    with torch.no_grad():
-        assert torch.equal(with_path(x), without(x))
-        torch.nn.init.normal_(with_path.gain_path[-1].weight, 0, 0.1)
-        assert not torch.equal(with_path(x), without(x))
-    assert with_path.focus_cues(x).shape == (4, 3, 32, 32)
-    old = cfg.to_dict()
-    del old["gain_path_width"], old["gain_path_reblur_sigmas"]
-    assert GeneratorConfig.from_dict(old).gain_path_width == 0

@@ -54,8 +54,6 @@ _OVERRIDES = [
     ("--ssim-weight", float, "weight of an extra 1 − SSIM term (default 0)"),
     ("--in-focus-weight", float, "deblur: weight of an extra squared-error term on the pixels already in focus "
                                  "(ground truth; default 0)"),
-    ("--gain-path", int, "deblur: width of G1's full-resolution path from per-pixel focus cues (SML, re-blur "
-                         "ratios) to its sharpening gains (0 = none, the default)"),
     ("--lr", float, "Adam learning rate (paper 1e-4)"),
     ("--scene-size", int, "synthetic scene size in pixels"),
     ("--train-scenes", int, "number of training scenes"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from napari_refocusgan.core.errors import RefocusError
-from napari_refocusgan.core.networks import GAIN_PATH_REBLUR_SIGMAS, GeneratorConfig, deblur_config, refocus_config
+from napari_refocusgan.core.networks import GeneratorConfig, deblur_config, refocus_config
 
 Task = Literal["deblur", "refocus"]
 TASKS: tuple[str, ...] = ("deblur", "refocus")
@@ -99,8 +99,6 @@ class TrainConfig:
     # there unpunished; the quality bar scores them apart.
     in_focus_weight: float = 0.0
     vgg_weights: str | None = None
-    # deblur: G1's gain path (networks.GeneratorConfig.gain_path_width; 0 = none)
-    gain_path: int = 0
 
     # optimiser: Adam, constant lr for the first half, then linear decay to 0
     lr: float = 1e-4
@@ -126,8 +124,6 @@ class TrainConfig:
         if self.task == "deblur":
             if self.no_sml:
                 return deblur_config(in_channels=3, focus_gate=False, **size)
-            if self.gain_path:
-                size.update(gain_path_width=self.gain_path, gain_path_reblur_sigmas=GAIN_PATH_REBLUR_SIGMAS)
             return deblur_config(**size)
         deltas = REFOCUS_DELTAS[self.refocus_deltas]
         mode = "continuous" if self.refocus_deltas == "continuous" else "onehot"
@@ -171,10 +167,6 @@ class TrainConfig:
             raise RefocusError(f"lr must be positive, got {self.lr}")
         if self.in_focus_weight < 0:
             raise RefocusError(f"--in-focus-weight must be ≥ 0, got {self.in_focus_weight}")
-        if self.gain_path < 0:
-            raise RefocusError(f"--gain-path must be ≥ 0, got {self.gain_path}")
-        if self.gain_path and (self.task != "deblur" or self.no_sml):
-            raise RefocusError("--gain-path applies to deblur (G1) with its SML channel only")
         if self.in_focus_weight and self.task != "deblur":
             raise RefocusError("--in-focus-weight applies to deblur (G1) only")
         if self.in_focus_weight and self.data_paths:

@@ -176,20 +176,6 @@ def gradient_energy_torch(x: torch.Tensor, window: int = 9) -> torch.Tensor:
     return box_mean_torch(gx * gx + gy * gy, window)
 
 
-def reblur_ratio_torch(x: torch.Tensor, sigma0: float, window: int = 5, eps: float = 1e-6) -> torch.Tensor:
-    """How much a Gaussian re-blur of σ0 px lowers the local gradient energy: E(G_σ0 ∗ I) / E(I), with E
-    the :func:`gradient_energy_torch` over ``window``. Near 0 where the image is sharp, near 1 where it is
-    already blurred well beyond σ0 (for a step edge blurred by σ it is σ / sqrt(σ² + σ0²)), and, unlike
-    SML, independent of the content's contrast: a faint sharp texture and a strong blurred edge can have
-    the same SML but not the same ratio (Zhuo & Sim 2011 use it for defocus maps). ``eps`` (in the
-    image's squared intensity units) makes flat regions read 1, as blurred."""
-    from .blur_compare import gaussian_blur_torch  # blur_compare imports this module
-
-    energy = gradient_energy_torch(x, window)
-    reblurred = gradient_energy_torch(gaussian_blur_torch(_gray_torch(x), sigma0), window)
-    return (reblurred + eps) / (energy + eps)
-
-
 def sml_measure_torch(x: torch.Tensor, window: int = 9) -> torch.Tensor:
     """SML with the default step and threshold and the given window, in the same signature as the others
     (the same values as ``sml_torch(x, SMLParams(window=window))``, with the faster box mean)."""

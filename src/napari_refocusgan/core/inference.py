@@ -50,7 +50,7 @@ from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn
 from .focus import SMLParams, focus_channel
 from .imaging import as_rgb
-from .networks import Generator, GeneratorConfig, InstanceNorm, gain_path_reach
+from .networks import Generator, GeneratorConfig, InstanceNorm
 from .weights import LoadedModel
 
 FLOAT_RANGE_SLACK = 0.05  # float input may overshoot [0, 1] by this much (then it is clipped)
@@ -117,9 +117,9 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 def receptive_field(config: GeneratorConfig) -> int:
     """How far (pixels) an output pixel sees: 7×7 head and tail, two stride-2 convs and two transposed
     ones (±1 px at 1/2 and 1/4 size), and two 3×3 convs at 1/4 size per residual block; at least the
-    reach of the output head's Gaussian blurs and of G1's gain-path cues."""
+    reach of the output head's Gaussian blurs."""
     blur_reach = max((len(gaussian_kernel1d(s)) // 2 for s in config.detail_sigmas), default=0)
-    return max(3 + 1 + 2 + 8 * config.n_blocks + 4 + 2 + 3, blur_reach, gain_path_reach(config))
+    return max(3 + 1 + 2 + 8 * config.n_blocks + 4 + 2 + 3, blur_reach)
 
 
 @dataclass(frozen=True)

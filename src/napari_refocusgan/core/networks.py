@@ -20,8 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blur_compare import gaussian_blurs_torch, gaussian_kernel1d
-from .focus import reblur_ratio_torch
+from .blur_compare import gaussian_blurs_torch
 
 DeltaMode = Literal["none", "onehot", "continuous"]
 
@@ -57,20 +56,11 @@ class GeneratorConfig:
     # is one constant gain); G2 blurs what moves out of focus, and re-blurs the radiance where the target is
     # sharper than the input but not in focus. Empty in configs saved before it existed.
     detail_sigmas: tuple[float, ...] = ()
-    # G1: a full-resolution path from per-pixel focus cues to the detail gains, a small per-pixel MLP of this
-    # hidden width (0: none) whose output is added to the detail head's pre-activation. The decoder reaches
-    # full resolution only through the 1/4-size bottleneck, so it sees the focus channel blurred; the gains
-    # must tell sharp pixels from slightly blurred ones pixel by pixel. Cues: the SML focus channel and, for
-    # each σ0 in ``gain_path_reblur_sigmas``, a re-blur ratio (see :func:`reblur_ratio`). Off (0, ()) in
-    # configs saved before it existed.
-    gain_path_width: int = 0
-    gain_path_reblur_sigmas: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["deltas"] = list(self.deltas)
         d["detail_sigmas"] = list(self.detail_sigmas)
-        d["gain_path_reblur_sigmas"] = list(self.gain_path_reblur_sigmas)
         return d
 
     @staticmethod
@@ -78,7 +68,6 @@ class GeneratorConfig:
         d = dict(d)
         d["deltas"] = tuple(float(v) for v in d.get("deltas", ()))
         d["detail_sigmas"] = tuple(float(v) for v in d.get("detail_sigmas", ()))
-        d["gain_path_reblur_sigmas"] = tuple(float(v) for v in d.get("gain_path_reblur_sigmas", ()))
         return GeneratorConfig(**d)
 
     @property
@@ -218,15 +207,6 @@ class Generator(nn.Module):
         if cfg.detail_sigmas:
             n_gains = len(cfg.detail_sigmas) * len(self.detail_sources(cfg))
             self.detail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, n_gains, 7), nn.Tanh())
-        if cfg.gain_path_width:
-            if cfg.in_channels != 4 or not cfg.detail_sigmas:
-                raise ValueError("gain_path_width needs G1's input (RGB + focus channel) and detail_sigmas")
-            n_cues, width = 1 + len(cfg.gain_path_reblur_sigmas), cfg.gain_path_width
-            n_gains = len(cfg.detail_sigmas)
-            self.gain_path = nn.Sequential(
-                nn.Conv2d(n_cues, width, 1), nn.ReLU(True), nn.Conv2d(width, width, 1), nn.ReLU(True),
-                nn.Conv2d(width, n_gains, 1),
-            )  # fmt: skip
         if cfg.focus_gate:
             # gate = sigmoid(scale · (shift − focus)): ≈1 on blurred pixels, smaller on sharp ones; learned.
             self.gate_scale = nn.Parameter(torch.tensor(2.0))
@@ -239,14 +219,6 @@ class Generator(nn.Module):
             nn.init.zeros_(self.blend[1].weight)
         if cfg.detail_sigmas:
             nn.init.zeros_(self.detail[1].weight)
-        if cfg.gain_path_width:
-            # PyTorch's default init for the hidden layers (N(0, 0.02) would leave their features near zero
-            # and the path slow to learn); the last layer at zero keeps the network's output unchanged.
-            for layer in self.gain_path[:-1]:
-                if isinstance(layer, nn.Conv2d):
-                    layer.reset_parameters()
-            nn.init.zeros_(self.gain_path[-1].weight)
-            nn.init.zeros_(self.gain_path[-1].bias)
 
     @staticmethod
     def detail_sources(cfg: GeneratorConfig) -> tuple[slice, ...]:
@@ -292,27 +264,10 @@ class Generator(nn.Module):
             y = block(y, None if modulations is None else modulations[k])
         return self.output(x, self.up(y), blurs)
 
-    def focus_cues(self, x: torch.Tensor) -> torch.Tensor:
-        """The gain path's per-pixel cues (N, 1 + len(gain_path_reblur_sigmas), H, W) in [-1, 1]: the focus
-        channel, then 2·ratio − 1 for each re-blur ratio. Fixed functions of the input, computed in float32
-        without gradients."""
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            rgb = x[:, :3].float()
-            cues = [x[:, 3:4].float()]
-            for sigma0 in self.cfg.gain_path_reblur_sigmas:
-                # the input is in [-1, 1], twice the [0, 1] scale: squared units ×4
-                ratio = reblur_ratio_torch(rgb, sigma0, REBLUR_WINDOW, eps=4 * REBLUR_EPS)
-                cues.append(2 * ratio.clamp(0, 1) - 1)
-            return torch.cat(cues, dim=1)
-
     def output(self, x: torch.Tensor, features: torch.Tensor, blurs: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The last layers: decoder ``features`` (N, ngf, H, W) and the input ``x`` → the image. Tiled
         inference calls this too, so that both paths share one definition."""
-        detail_bias = None
-        if self.cfg.gain_path_width:
-            cues = self.focus_cues(x).to(features.dtype)
-            detail_bias = GAIN_PATH_SCALE * self.gain_path(cues)
-        heads = iter(self._heads(features, detail_bias))
+        heads = iter(self._heads(features))
         residual = next(heads)
         if self.cfg.focus_gate:
             residual = residual * torch.sigmoid(self.gate_scale * (self.gate_shift - x[:, 3:4]))
@@ -330,13 +285,12 @@ class Generator(nn.Module):
                     k += 1
         return torch.clamp(rgb + residual, -1, 1)
 
-    def _heads(self, features: torch.Tensor, detail_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def _heads(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The output heads (tail, then blend and detail when present: each reflection pad, 7×7 conv, tanh)
         as one convolution with their weights stacked: a 7×7 conv over ngf full-resolution channels costs
         about the same for 1 output channel as for 10, so three separate ones took three times as long.
         Only the heads' convolutions are used; the pad-conv-tanh Sequentials stay for their parameter names
-        (``tail.1.weight`` …), which every saved weights file uses. ``detail_bias`` (the gain path's output)
-        is added to the detail head's pre-activation."""
+        (``tail.1.weight`` …), which every saved weights file uses."""
         convs = [self.tail[1]]
         if self.cfg.radiance_blend:
             convs.append(self.blend[1])
@@ -347,9 +301,6 @@ class Generator(nn.Module):
             out = convs[0](padded)
         else:
             out = F.conv2d(padded, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
-        if detail_bias is not None:
-            n = detail_bias.shape[1]
-            out = torch.cat([out[:, :-n], out[:, -n:] + detail_bias], dim=1)
         return torch.tanh(out).split([c.out_channels for c in convs], dim=1)
 
 
@@ -359,24 +310,6 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-# The gain path's re-blur ratio cues: energy window (px) and the flat-region floor in [0, 1] units squared.
-# Saved G1s depend on them: changing either needs a config field. GAIN_PATH_SCALE multiplies the path's output
-# so that a fine-tune at the network's learning rate can move the gains by ~1 in a few hundred steps (Adam
-# moves each weight by about lr per step).
-GAIN_PATH_REBLUR_SIGMAS = (1.0, 2.0)  # σ0 of the re-blur ratios a new G1 with a gain path sees
-REBLUR_WINDOW = 5
-REBLUR_EPS = 1e-6
-GAIN_PATH_SCALE = 10.0
-
-
-def gain_path_reach(config: GeneratorConfig) -> int:
-    """How far (px) the gain path's cues see: the re-blur, a forward difference and the energy window."""
-    if not config.gain_path_width:
-        return 0
-    blur = max((len(gaussian_kernel1d(s)) // 2 for s in config.gain_path_reblur_sigmas), default=0)
-    return blur + 1 + REBLUR_WINDOW // 2
 
 
 # G1's detail scales: the blur of the kept slices spans about 0…4 px of disk radius (blur_compare.DEFAULT_RADII)
