@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -305,9 +307,14 @@ def test_devices():
         pick_device("gpu0")
 
 
-def test_bf16_on_cpu_stays_close(g1):
+def test_bf16_on_cpu_stays_close_and_warns_where_it_is_emulated(g1):
     img = textured(32, 32)
-    assert np.abs(deblur(img, g1, precision="bf16") - deblur(img, g1)).mean() < 0.02
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = deblur(img, g1, precision="bf16")
+    assert np.abs(out - deblur(img, g1)).mean() < 0.02
+    emulated = not inference.bf16_is_native(torch.device("cpu"))
+    assert any("emulated" in str(w.message) for w in caught) == emulated
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -226,6 +226,22 @@ def test_in_focus_term_scores_only_the_pixels_in_focus_and_decreases_on_one_batc
         trainer.train_step({k: v[None] for k, v in item.items() if k != "in_focus"})
 
 
+def test_bf16_falls_back_to_float32_where_it_is_emulated(monkeypatch, capsys):
+    cfg = smoke(bf16=True)
+    monkeypatch.setattr(train_mod.inference, "bf16_is_native", lambda device: False)
+    trainer = train_mod.Trainer(cfg, device="cpu")
+    assert not trainer.bf16 and "float32" in capsys.readouterr().err
+    with trainer.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    assert trainer.metadata()["precision"] == "float32"
+    monkeypatch.setattr(train_mod.inference, "bf16_is_native", lambda device: True)
+    trainer = train_mod.Trainer(cfg, device="cpu")
+    with trainer.autocast():
+        assert torch.is_autocast_enabled("cpu")
+    assert trainer.metadata()["precision"] == "bf16 autocast"
+    assert not train_mod.Trainer(smoke(bf16=False), device="cpu").bf16
+
+
 def _log(run: Path) -> list[dict]:
     with open(run / "log.csv", newline="") as f:
         return list(csv.DictReader(f))

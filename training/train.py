@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
+from napari_refocusgan.core import inference
 from napari_refocusgan.core.errors import RefocusError
 from napari_refocusgan.core.networks import Generator, GeneratorConfig
 from napari_refocusgan.core.weights import file_sha256, weights_file
@@ -251,6 +252,10 @@ class Trainer:
         self.critic = PatchCritic(cond_channels + 3, ndf=cfg.ndf, n_layers=cfg.critic_layers)
         self.content = ContentLoss(cfg.perceptual, cfg.vgg_weights if cfg.perceptual == "vgg19" else None)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.bf16 = cfg.bf16 and inference.bf16_is_native(self.device)
+        if cfg.bf16 and not self.bf16 and rank == 0:
+            print(f"note: {self.device.type} has no native bf16 (emulated, several times slower than float32), so "
+                  "this run trains in float32.", file=sys.stderr)  # fmt: skip
         for m in (self.generator, self.critic, self.content):
             m.to(device=self.device, memory_format=self.memory_format)
         betas = (cfg.beta1, cfg.beta2)
@@ -294,7 +299,7 @@ class Trainer:
 
     def autocast(self):
         """bf16 autocast when the config asks for it (weights, optimiser and losses stay float32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     @property
     def _delta_channel(self) -> int:
@@ -451,6 +456,7 @@ class Trainer:
             "data": ";".join(cfg.data_paths) or "synthetic",
             "seed": str(cfg.seed),
             "lr": str(cfg.lr),
+            "precision": "bf16 autocast" if self.bf16 else "float32",
             "command": _training_command(),
             **({"init_weights": f"{Path(cfg.init_weights).name} (sha256 {self.init_sha256})"} if cfg.init_weights else {}),
             **self.content.describe(),

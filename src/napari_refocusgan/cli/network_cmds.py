@@ -50,7 +50,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="context around each tile in px, multiple of 4 (default: receptive field)",
     )
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                   help="arithmetic: auto = fp16 autocast on CUDA, fp32 elsewhere")  # fmt: skip
+                   help="arithmetic: auto = fp16 autocast on CUDA, fp32 elsewhere (bf16 only where the hardware has it: "
+                        "CPUs without AVX512-BF16 or AMX emulate it, many times slower)")  # fmt: skip
 
 
 def _read_input(path: str) -> np.ndarray:
