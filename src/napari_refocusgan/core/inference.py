@@ -123,9 +123,6 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         raise RefocusError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and not bf16_is_native(device):
-        warnings.warn(f"bf16 is emulated on this {device.type} (no hardware support): expect it to be many times "
-                      "slower than fp32.", RuntimeWarning, stacklevel=3)  # fmt: skip
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
@@ -216,14 +213,25 @@ def _unwrap(model: Model, role: str) -> tuple[Generator, SMLParams]:
     return generator, sml_params
 
 
+def _channels_last(device: torch.device) -> bool:
+    """Whether the generators run channels_last there: oneDNN's and cuDNN's convolutions (and the
+    transposed ones most of all) are faster in that layout."""
+    return device.type in ("cuda", "cpu")
+
+
 @contextmanager
 def _prepared(generator: Generator, settings: RunSettings) -> Iterator[tuple[torch.device, torch.dtype | None]]:
     """Eval mode on the device for the run; the caller's train/eval mode and norms are restored after."""
     device = settings.device or next(generator.parameters()).device
     autocast = _autocast_dtype(device, settings.precision)
+    if autocast is torch.bfloat16 and not bf16_is_native(device):
+        warnings.warn(f"bf16 is emulated on this {device.type} (no hardware support): expect it to be many times "
+                      "slower than fp32.", RuntimeWarning, stacklevel=4)  # fmt: skip
     was_training = generator.training
     generator.eval().to(device)
-    if device.type == "cuda":
+    if _channels_last(device):
+        # left so afterwards, as the device is: converting back and forth would give the weights new storage
+        # at every call, and the δ cache (keyed on the encoder weights' storage) would never hit
         generator.to(memory_format=torch.channels_last)
     try:
         yield device, autocast
@@ -231,8 +239,6 @@ def _prepared(generator: Generator, settings: RunSettings) -> Iterator[tuple[tor
         for m in generator.modules():
             if isinstance(m, InstanceNorm):
                 m.fixed_stats = None
-        if device.type == "cuda":
-            generator.to(memory_format=torch.contiguous_format)
         generator.train(was_training)
 
 
@@ -525,7 +531,7 @@ def _forward(generator, x, delta, settings, device, autocast, tracker) -> torch.
 def _run(generator, x: torch.Tensor, delta, device, autocast) -> torch.Tensor:
     x_cpu = x
     x = x.to(device, non_blocking=True)
-    if device.type == "cuda":
+    if _channels_last(device):
         x = x.contiguous(memory_format=torch.channels_last)
     with nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast):
         if delta is None:
@@ -647,7 +653,7 @@ def _stages(generator: Generator, x: torch.Tensor, delta_map: torch.Tensor | Non
     def window(tile, device) -> torch.Tensor:
         r, c = tile
         xw = x[..., r.w0 : r.w1, c.w0 : c.w1].to(device, non_blocking=True)
-        return xw.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else xw
+        return xw.contiguous(memory_format=torch.channels_last) if _channels_last(device) else xw
 
     def encode(tile, _, device):
         y = generator.down(generator.head(window(tile, device)))
