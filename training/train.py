@@ -298,7 +298,8 @@ class Trainer:
         self.init_sha256 = file_sha256(loaded.source)
 
     def autocast(self):
-        """bf16 autocast when the config asks for it (weights, optimiser and losses stay float32)."""
+        """bf16 autocast when the config asks for it and the hardware has it (weights, optimiser and losses stay
+        float32)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     @property

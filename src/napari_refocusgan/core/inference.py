@@ -26,7 +26,8 @@ Statistics that are merely estimated (one pass with per-tile statistics, then it
 converge: errors grow from layer to layer before the last layer is right.
 
 A generator serves one call at a time: a run switches it to eval mode, moves it to the device and fixes
-its InstanceNorm statistics while tiling (all restored afterwards).
+its InstanceNorm statistics while tiling. Mode and statistics are restored afterwards; the device and, on
+CUDA and the CPU, the channels_last layout stay.
 
 Tile windows start on multiples of 4 (the stride-2 grid) and tiles at the image edge keep the image's
 own borders, so the network's internal reflection padding matches the untiled run there. G2's δ map is
@@ -221,7 +222,8 @@ def _channels_last(device: torch.device) -> bool:
 
 @contextmanager
 def _prepared(generator: Generator, settings: RunSettings) -> Iterator[tuple[torch.device, torch.dtype | None]]:
-    """Eval mode on the device for the run; the caller's train/eval mode and norms are restored after."""
+    """Eval mode on the device for the run; the caller's train/eval mode and norms are restored after, the
+    device and memory layout are not (see below)."""
     device = settings.device or next(generator.parameters()).device
     autocast = _autocast_dtype(device, settings.precision)
     if autocast is torch.bfloat16 and not bf16_is_native(device):
