@@ -24,6 +24,19 @@ def test_matches_direct_definition():
     np.testing.assert_allclose(sml(img, p), expected, atol=1e-5)
 
 
+def test_the_autograd_path_gives_the_same_map_and_a_gradient():
+    # without gradients sml_torch works in place; with them, out of place: one definition, two code paths
+    x = torch.from_numpy(_texture(seed=3))[None, None]
+    p = SMLParams(step=2, window=5, threshold=0.05)
+    plain = sml_torch(x, p)
+    leaf = x.clone().requires_grad_(True)
+    tracked = sml_torch(leaf, p)
+    torch.testing.assert_close(tracked.detach(), plain, atol=1e-6, rtol=0)
+    tracked.sum().backward()
+    assert leaf.grad is not None and float(leaf.grad.abs().sum()) > 0
+    assert torch.equal(x, torch.from_numpy(_texture(seed=3))[None, None])  # the input is untouched
+
+
 def test_peaks_where_image_is_in_focus():
     img = _texture(size=96)
     blurred = ndimage.gaussian_filter(img, 2.0)

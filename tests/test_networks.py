@@ -139,3 +139,16 @@ def test_configs_saved_before_detail_sigmas_have_none():
     del old["detail_sigmas"]
     assert GeneratorConfig.from_dict(old).detail_sigmas == ()
     assert GeneratorConfig.from_dict(deblur_config().to_dict()) == deblur_config()
+
+
+def test_instance_norm_gives_the_same_result_in_either_memory_layout():
+    # CPU inference runs channels_last, where the norm takes another op (group_norm)
+    from napari_refocusgan.core.networks import InstanceNorm
+
+    x = torch.randn(2, 8, 30, 40) * 3 + 1
+    norm = InstanceNorm()
+    with torch.no_grad():
+        plane = norm(x)
+        last = norm(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(last, F.instance_norm(x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(plane, F.instance_norm(x), atol=1e-5, rtol=0)
