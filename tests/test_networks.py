@@ -142,13 +142,15 @@ def test_configs_saved_before_detail_sigmas_have_none():
 
 
 def test_instance_norm_gives_the_same_result_in_either_memory_layout():
-    # CPU inference runs channels_last, where the norm takes another op (group_norm)
+    # channels_last takes another code path (tiled CPU runs and CUDA use that layout). A channel whose mean
+    # dwarfs its spread (a flat background) is where float32 one-pass variances (group_norm's) lose whole units.
     from napari_refocusgan.core.networks import InstanceNorm
 
-    x = torch.randn(2, 8, 30, 40) * 3 + 1
+    x = torch.randn(2, 8, 200, 300) + 100
     norm = InstanceNorm()
     with torch.no_grad():
         plane = norm(x)
         last = norm(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(last, F.instance_norm(x), atol=1e-5, rtol=0)
-    torch.testing.assert_close(plane, F.instance_norm(x), atol=1e-5, rtol=0)
+    exact = F.instance_norm(x.double()).float()
+    torch.testing.assert_close(last, exact, atol=1e-4, rtol=0)  # float32 steps near 100 are 8e-6
+    torch.testing.assert_close(plane, exact, atol=1e-4, rtol=0)

@@ -254,7 +254,7 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.bf16 = cfg.bf16 and inference.bf16_is_native(self.device)
         if cfg.bf16 and not self.bf16 and rank == 0:
-            print(f"note: {self.device.type} has no native bf16 (emulated, several times slower than float32), so "
+            print(f"note: bf16 has no fast path on this {self.device.type} (several times slower than float32), so "
                   "this run trains in float32.", file=sys.stderr)  # fmt: skip
         for m in (self.generator, self.critic, self.content):
             m.to(device=self.device, memory_format=self.memory_format)

@@ -51,7 +51,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="arithmetic: auto = fp16 autocast on CUDA, fp32 elsewhere (bf16 only where the hardware has it: "
-                        "CPUs without AVX512-BF16 or AMX emulate it, many times slower)")  # fmt: skip
+                        "on CPUs without AVX-512 and GPUs before Ampere it is many times slower)")  # fmt: skip
 
 
 def _read_input(path: str) -> np.ndarray:

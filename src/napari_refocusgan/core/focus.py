@@ -65,7 +65,7 @@ def sml_torch(x: torch.Tensor, params: SMLParams = SMLParams()) -> torch.Tensor:
         vertical = centre * 2
         ml.add_(vertical.sub_(up).sub_(down).abs_())
         if params.threshold > 0:
-            ml.masked_fill_(ml < params.threshold, 0.0)
+            ml.masked_fill_(~(ml >= params.threshold), 0.0)  # NaN too, as torch.where above
     return box_mean_torch(ml, params.window)
 
 
@@ -140,7 +140,7 @@ def box_mean_torch(x: torch.Tensor, window: int) -> torch.Tensor:
     r = window // 2
     if r == 0:
         return x
-    if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()):
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not (x.requires_grad and torch.is_grad_enabled()):
         from scipy import ndimage
 
         a = np.ascontiguousarray(x.detach().numpy())

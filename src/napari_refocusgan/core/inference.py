@@ -26,8 +26,8 @@ Statistics that are merely estimated (one pass with per-tile statistics, then it
 converge: errors grow from layer to layer before the last layer is right.
 
 A generator serves one call at a time: a run switches it to eval mode, moves it to the device and fixes
-its InstanceNorm statistics while tiling. Mode and statistics are restored afterwards; the device and, on
-CUDA and the CPU, the channels_last layout stay.
+its InstanceNorm statistics while tiling. Mode and statistics are restored afterwards; the device and the
+run's memory layout stay (channels_last on CUDA, and on the CPU when tiled; see ``_channels_last``).
 
 Tile windows start on multiples of 4 (the stride-2 grid) and tiles at the image edge keep the image's
 own borders, so the network's internal reflection padding matches the untiled run there. G2's δ map is
@@ -105,11 +105,12 @@ def pick_device(name: str | torch.device | None = "auto") -> torch.device:
 
 
 def bf16_is_native(device: torch.device) -> bool:
-    """Whether bf16 arithmetic runs in hardware on ``device``: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX (what oneDNN needs). AVX2-only CPUs emulate it: G1 inference took 60× and a training
-    step 7× as long as in float32 on such a machine."""
+    """Whether bf16 arithmetic has a fast path on ``device``: a CUDA GPU of compute capability 8 or more
+    (Ampere; older ones emulate it), or a CPU on which oneDNN runs bf16 kernels (AVX-512 or newer; fastest
+    with AVX512-BF16 or AMX). Elsewhere, on AVX2-only CPUs for example, PyTorch falls back to a slow path:
+    G1 inference took 60× and a training step 7× as long as in float32 on such a machine."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -214,29 +215,37 @@ def _unwrap(model: Model, role: str) -> tuple[Generator, SMLParams]:
     return generator, sml_params
 
 
-def _channels_last(device: torch.device) -> bool:
-    """Whether the generators run channels_last there: oneDNN's and cuDNN's convolutions (and the
-    transposed ones most of all) are faster in that layout."""
-    return device.type in ("cuda", "cpu")
+def _channels_last(device: torch.device, tiled: bool) -> bool:
+    """Whether a run uses the channels_last layout: always on CUDA; on the CPU only when tiled. oneDNN's
+    convolutions are faster in it (transposed ones 2.4×, the blocks' 3×3 ones 1.3× at 376×541 on an AVX2
+    CPU), but an untiled run normalises whole planes, and no CPU norm is both exact and fast on that layout:
+    instance_norm is 3–14× slower there, and group_norm's float32 sums lose whole units where a channel's
+    mean dwarfs its spread (a small object on a flat background). Tiled runs normalise with fixed statistics,
+    an elementwise step."""
+    return device.type == "cuda" or (device.type == "cpu" and tiled)
 
 
 @contextmanager
-def _prepared(generator: Generator, settings: RunSettings) -> Iterator[tuple[torch.device, torch.dtype | None]]:
-    """Eval mode on the device for the run; the caller's train/eval mode and norms are restored after, the
-    device and memory layout are not (see below)."""
+def _prepared(
+    generator: Generator, settings: RunSettings, hw: tuple[int, int]
+) -> Iterator[tuple[torch.device, torch.dtype | None, bool]]:
+    """Eval mode on the device and in the memory layout for a run on (H, W) slices; yields the device, the
+    autocast dtype and whether the run is channels_last. The caller's train/eval mode and norms are
+    restored after, the device and memory layout are not (see below)."""
     device = settings.device or next(generator.parameters()).device
     autocast = _autocast_dtype(device, settings.precision)
     if autocast is torch.bfloat16 and not bf16_is_native(device):
-        warnings.warn(f"bf16 is emulated on this {device.type} (no hardware support): expect it to be many times "
-                      "slower than fp32.", RuntimeWarning, stacklevel=4)  # fmt: skip
+        warnings.warn(f"bf16 has no fast path on this {device.type}: expect it to be many times slower than fp32.",
+                      RuntimeWarning, stacklevel=4)  # fmt: skip
     was_training = generator.training
     generator.eval().to(device)
-    if _channels_last(device):
-        # left so afterwards, as the device is: converting back and forth would give the weights new storage
-        # at every call, and the δ cache (keyed on the encoder weights' storage) would never hit
-        generator.to(memory_format=torch.channels_last)
+    tiled = settings.tile_for(_ceil4(hw[0]), _ceil4(hw[1]), generator.cfg) is not None
+    channels_last = _channels_last(device, tiled)
+    # left so afterwards, as the device is: converting back at every call would give the weights new
+    # storage each time, and the δ cache (keyed on the encoder weights' storage) would never hit
+    generator.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     try:
-        yield device, autocast
+        yield device, autocast, channels_last
     finally:
         for m in generator.modules():
             if isinstance(m, InstanceNorm):
@@ -298,14 +307,14 @@ def deblur(
     arr, lead, hw = _layout(image, rgb, "image")
     tracker = _Progress(progress, cancel, len(lead) * _units(settings, hw, generator))
     out = None
-    with _prepared(generator, settings) as (dev, autocast):
+    with _prepared(generator, settings, hw) as run:
         for index in lead:
             tracker.check()
             src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
             x = _deblur_input(src.rgb, generator, params)
             h, w = src.rgb.shape[:2]
             src.rgb = None  # x holds the pixels now; on huge images every full-size copy counts
-            y = _forward(generator, x, None, settings, dev, autocast, tracker)
+            y = _forward(generator, x, None, settings, run, tracker)
             del x
             out = _store(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
     return out
@@ -353,7 +362,7 @@ def refocus(
     units = _units(settings, hw, generator) + (_units(settings, hw, g1) if g1 is not None else 0)
     tracker = _Progress(progress, cancel, len(lead) * units)
     out = None
-    with _prepared(generator, settings) as (dev, autocast):
+    with _prepared(generator, settings, hw) as run:
         for index in lead:
             tracker.check()
             src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
@@ -364,13 +373,13 @@ def refocus(
                 if rad01.shape != src.rgb.shape:
                     raise RefocusError(f"radiance slices are {rad01.shape[:2]}; the image's are {src.rgb.shape[:2]}.")
             elif g1 is not None:
-                with _prepared(g1, settings) as (dev1, autocast1):
+                with _prepared(g1, settings, hw) as run1:
                     x = _deblur_input(src.rgb, g1, sml_params)
-                    rad01 = _to_image(_forward(g1, x, None, settings, dev1, autocast1, tracker), h, w)
+                    rad01 = _to_image(_forward(g1, x, None, settings, run1, tracker), h, w)
                     del x
             x = _refocus_input(src.rgb, rad01, generator)
             src.rgb = rad01 = None  # x holds the pixels now
-            y = _forward(generator, x, d, settings, dev, autocast, tracker)
+            y = _forward(generator, x, d, settings, run, tracker)
             del x
             out = _store(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
     return out
@@ -512,8 +521,10 @@ def _to_image(y: torch.Tensor, h: int, w: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def _forward(generator, x, delta, settings, device, autocast, tracker) -> torch.Tensor:
-    """(1, C, Hp, Wp) CPU input → (3, Hp, Wp) CPU float32 output, whole or tiled."""
+def _forward(generator, x, delta, settings, run, tracker) -> torch.Tensor:
+    """(1, C, Hp, Wp) CPU input → (3, Hp, Wp) CPU float32 output, whole or tiled. ``run``: what
+    :func:`_prepared` yields (device, autocast dtype, channels_last)."""
+    device, autocast, channels_last = run
     hp, wp = x.shape[-2:]
     tile = settings.tile_for(hp, wp, generator.cfg)
     if tile is None:
@@ -521,19 +532,19 @@ def _forward(generator, x, delta, settings, device, autocast, tracker) -> torch.
         # and between residual blocks, so that a large untiled image stops within a fraction of a forward
         hooks = [m.register_forward_pre_hook(lambda *_: tracker.check()) for m in (*generator.blocks, generator.up)]
         try:
-            y = _run(generator, x, delta, device, autocast)[0]
+            y = _run(generator, x, delta, device, autocast, channels_last)[0]
         finally:
             for h in hooks:
                 h.remove()
         tracker.step()
         return y
-    return _tiled_forward(generator, x, delta, tile, settings, device, autocast, tracker)
+    return _tiled_forward(generator, x, delta, tile, settings, device, autocast, channels_last, tracker)
 
 
-def _run(generator, x: torch.Tensor, delta, device, autocast) -> torch.Tensor:
+def _run(generator, x: torch.Tensor, delta, device, autocast, channels_last: bool) -> torch.Tensor:
     x_cpu = x
     x = x.to(device, non_blocking=True)
-    if _channels_last(device):
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast):
         if delta is None:
@@ -646,7 +657,9 @@ class _Stop(Exception):
     """Ends a statistics pass at the InstanceNorm being measured; the rest of the stage is not needed."""
 
 
-def _stages(generator: Generator, x: torch.Tensor, delta_map: torch.Tensor | None, modulations: list | None):
+def _stages(
+    generator: Generator, x: torch.Tensor, delta_map: torch.Tensor | None, modulations: list | None, channels_last: bool
+):
     """The generator's forward split at the bottleneck, as (run(tile, cached input) → output, modules whose
     InstanceNorms it runs, in order): the encoder (head, down, δ fusion), each residual block, and the
     decoder (up, then :meth:`Generator.output`). Together they compute exactly :meth:`Generator.forward`
@@ -655,7 +668,7 @@ def _stages(generator: Generator, x: torch.Tensor, delta_map: torch.Tensor | Non
     def window(tile, device) -> torch.Tensor:
         r, c = tile
         xw = x[..., r.w0 : r.w1, c.w0 : c.w1].to(device, non_blocking=True)
-        return xw.contiguous(memory_format=torch.channels_last) if _channels_last(device) else xw
+        return xw.contiguous(memory_format=torch.channels_last) if channels_last else xw
 
     def encode(tile, _, device):
         y = generator.down(generator.head(window(tile, device)))
@@ -685,7 +698,7 @@ def _tiled_passes(generator: Generator) -> int:
     return n_norms + len(generator.blocks) + 2
 
 
-def _tiled_forward(generator, x, delta, tile, settings, device, autocast, tracker) -> torch.Tensor:
+def _tiled_forward(generator, x, delta, tile, settings, device, autocast, channels_last, tracker) -> torch.Tensor:
     """Exact tiled forward: stage by stage, each InstanceNorm's whole-image statistics are measured over
     the tile cores with the earlier ones fixed, then the stage's output is cached per tile window."""
     hp, wp = x.shape[-2:]
@@ -700,7 +713,7 @@ def _tiled_forward(generator, x, delta, tile, settings, device, autocast, tracke
     norms = [m for m in generator.modules() if isinstance(m, InstanceNorm)]
     cache: list[torch.Tensor | None] = [None] * len(tiles)
     out = torch.zeros((3, hp, wp), dtype=torch.float32)
-    stages = _stages(generator, x, delta_map, modulations)
+    stages = _stages(generator, x, delta_map, modulations, channels_last)
 
     def run(fn, i):
         cached = cache[i] if cache[i] is None else cache[i].to(device, non_blocking=True)
