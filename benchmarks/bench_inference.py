@@ -5,6 +5,7 @@ and 24-megapixel tiled runs (deblur, and deblur + refocus: time and peak RSS, ea
     python benchmarks/bench_inference.py --skip-big      # without the 24 MP runs
     python benchmarks/bench_inference.py --only-big      # only them
     python benchmarks/bench_inference.py --configs 32x6,16x6,16x4   # which generator sizes meet the targets
+    REFOCUSGAN_MALLOC=default python benchmarks/bench_inference.py --skip-big   # glibc's malloc defaults
 
 Generators are randomly initialised with the default configs (``deblur_config()`` / ``refocus_config()``,
 ngf 32, 6 blocks; ``--configs`` for others): timing does not depend on the weights. Their zero-initialised
@@ -28,6 +29,7 @@ import torch
 from bench_core import best_of  # benchmarks/ is on sys.path when run as a script
 
 from napari_refocusgan.core import inference
+from napari_refocusgan.core.allocator import retain_freed_memory
 from napari_refocusgan.core.inference import deblur, refocus
 from napari_refocusgan.core.networks import Generator, deblur_config, refocus_config
 
@@ -161,7 +163,8 @@ def main() -> None:
     parser.add_argument("--tiling", default="1024x1536", help="size of the tiled-vs-untiled comparison, HxW")
     parser.add_argument("--tile", type=int, default=512)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, malloc "
+          f"{'keeps freed memory' if retain_freed_memory() else 'as the C library set it (REFOCUSGAN_MALLOC)'}")
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     if not args.only_big:
         bench_small(configs, args.repeat, args.precision)
