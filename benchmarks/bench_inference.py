@@ -5,7 +5,7 @@ and 24-megapixel tiled runs (deblur, and deblur + refocus: time and peak RSS, ea
     python benchmarks/bench_inference.py --skip-big      # without the 24 MP runs
     python benchmarks/bench_inference.py --only-big      # only them
     python benchmarks/bench_inference.py --configs 32x6,16x6,16x4   # which generator sizes meet the targets
-    REFOCUSGAN_MALLOC=default python benchmarks/bench_inference.py --skip-big   # glibc's malloc defaults
+    python benchmarks/bench_inference.py --skip-big --retain-freed-memory   # malloc as the refocusgan command sets it
 
 Generators are randomly initialised with the default configs (``deblur_config()`` / ``refocus_config()``,
 ngf 32, 6 blocks; ``--configs`` for others): timing does not depend on the weights. Their zero-initialised
@@ -117,7 +117,10 @@ BIG_CHILD = """
 import sys, time, resource, numpy as np
 sys.path.insert(0, {here!r})
 from bench_inference import generators, test_image
+from napari_refocusgan.core.allocator import retain_freed_memory
 from napari_refocusgan.core.inference import deblur, refocus
+if {retain}:
+    retain_freed_memory()
 h, w = {h}, {w}
 image = test_image(h, w, seed=2)
 g1, g2 = generators()
@@ -134,12 +137,12 @@ print(f"RESULT {{elapsed:.1f}} {{done[-1][1]}} {{peak:.0f}}")
 """
 
 
-def bench_big(h: int, w: int) -> None:
+def bench_big(h: int, w: int, retain: bool) -> None:
     """Deblur, then deblur + refocus, of an h×w uint8 RGB image, each in its own subprocess (so each peak
     RSS is that run's alone)."""
     print(f"\n{h}×{w} ({h * w / 1e6:.0f} MP) uint8 RGB, automatic tiling, each run in a subprocess:", flush=True)
     for task, label in (("deblur", "deblur"), ("refocus", "deblur + refocus")):
-        code = BIG_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)), h=h, w=w, task=task)
+        code = BIG_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)), h=h, w=w, task=task, retain=retain)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0
@@ -162,16 +165,19 @@ def main() -> None:
     parser.add_argument("--big", default="4000x6000", help="size of the big run, HxW (default 4000x6000 = 24 MP)")
     parser.add_argument("--tiling", default="1024x1536", help="size of the tiled-vs-untiled comparison, HxW")
     parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--retain-freed-memory", action="store_true",
+                        help="set malloc as the refocusgan command does (core/allocator.py); the 24 MP runs too")
     args = parser.parse_args()
+    retained = args.retain_freed_memory and retain_freed_memory()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, malloc "
-          f"{'keeps freed memory' if retain_freed_memory() else 'as the C library set it (REFOCUSGAN_MALLOC)'}")
+          f"{'keeps freed memory (as the refocusgan command sets it)' if retained else 'as the plugin leaves it'}")
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     if not args.only_big:
         bench_small(configs, args.repeat, args.precision)
         bench_precision(args.repeat)
         bench_tiling(*(int(v) for v in args.tiling.split("x")), args.tile)
     if not args.skip_big:
-        bench_big(*(int(v) for v in args.big.split("x")))
+        bench_big(*(int(v) for v in args.big.split("x")), retained)
 
 
 if __name__ == "__main__":

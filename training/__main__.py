@@ -16,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+from napari_refocusgan.core.allocator import retain_freed_memory
 from napari_refocusgan.core.errors import RefocusError
 
 from .configs import PERCEPTUAL_CHOICES, PRESETS, REFOCUS_DELTAS, TASKS, TrainConfig, get_config, radiance_source
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    retain_freed_memory()  # this process is ours: see napari_refocusgan.core.allocator
     if argv[:1] == ["evaluate"]:  # its own parser sees every option, --help included
         from . import evaluate
 

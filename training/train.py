@@ -36,7 +36,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
 from napari_refocusgan.core import inference
-from napari_refocusgan.core.allocator import retain_freed_memory
 from napari_refocusgan.core.errors import RefocusError
 from napari_refocusgan.core.networks import Generator, GeneratorConfig
 from napari_refocusgan.core.weights import file_sha256, weights_file
@@ -566,7 +565,6 @@ def train(
     rank, world = _distributed()
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
-    retain_freed_memory()
     ckpt_path = out / CHECKPOINT_NAME
     check_data_paths(cfg.data_paths)
     ckpt = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..core.allocator import retain_freed_memory
 from ..core.errors import RefocusError
 from . import classical_cmds, network_cmds, stack_cmds
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    retain_freed_memory()  # this process is ours: layers reuse freed memory instead of faulting in new pages
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,15 +1,17 @@
-"""glibc's malloc, set to keep freed memory for reuse during inference and training.
+"""glibc's malloc, set to keep freed memory for reuse, for the processes this project owns.
 
 A forward pass allocates and frees tensors of a few MB to a few tens of MB, layer after layer and run after
 run. With glibc's defaults many of them are mapped fresh from the OS and returned on free, so every layer
 faults its pages in again: 8 deblur + refocus runs and 8 δ changes of a 376×541 image spent 0.4–4.7 s in
-the kernel on the 2-core CPU, against 0.04–0.11 s with this setting, and on one thread a deblur + refocus
-took 4–17 % longer without it (README, Performance). :func:`retain_freed_memory` sets the mmap threshold
-to glibc's own ceiling for its dynamic threshold (32 MiB) and keeps up to 256 MiB of freed memory at the
-top of the heap, once per process.
+the kernel on the 2-core CPU, against 0.04–0.11 s with this setting (README, Performance, for what that
+did to the wall-clock time). :func:`retain_freed_memory` sets the mmap threshold to glibc's own ceiling
+for its dynamic threshold (32 MiB) and lets each malloc arena keep up to 256 MiB of freed memory at its top.
 
-It changes a process-wide setting, so it stays small and bounded, and ``REFOCUSGAN_MALLOC=default`` in the
-environment leaves malloc alone. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
+The setting is process-wide and lasts until the process ends, so only entry points that own their process
+apply it: the ``refocusgan`` command and ``python -m training``. The napari plugin and the core functions
+leave the malloc of the process they run in (napari's, or a user's script) alone.
+``REFOCUSGAN_MALLOC=default`` in the environment opts out. Elsewhere than glibc (macOS, Windows, musl) it
+does nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: glibc's dynamic threshold stops here too
-TRIM_THRESHOLD = 256 << 20  # freed memory kept at the heap's top; more is returned to the OS
+TRIM_THRESHOLD = 256 << 20  # freed memory an arena keeps at its top; more is returned to the OS
 OPT_OUT_VARIABLE = "REFOCUSGAN_MALLOC"
 
 _lock = threading.Lock()
@@ -51,10 +53,13 @@ def _apply() -> bool:
     if not is_glibc():
         return False
     try:
-        libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them
-        # mallopt returns 1 on success; the mmap threshold first, as setting either ends the dynamic one
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-            libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-        )
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols, glibc's among them
     except (OSError, AttributeError):
         return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success. Setting either threshold ends glibc's dynamic one, so the trim threshold
+    # is set only once the mmap threshold is (alone it would pin the mmap threshold at 128 KiB).
+    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+        return False
+    mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return True

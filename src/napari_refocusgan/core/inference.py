@@ -47,7 +47,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .allocator import retain_freed_memory
 from .blur_compare import gaussian_kernel1d
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn
@@ -233,7 +232,6 @@ def _prepared(
     """Eval mode on the device and in the memory layout for a run on (H, W) slices; yields the device, the
     autocast dtype and whether the run is channels_last. The caller's train/eval mode and norms are
     restored after, the device and memory layout are not (see below)."""
-    retain_freed_memory()  # once per process: layers reuse freed memory instead of faulting in new pages
     device = settings.device or next(generator.parameters()).device
     autocast = _autocast_dtype(device, settings.precision)
     if autocast is torch.bfloat16 and not bf16_is_native(device):
