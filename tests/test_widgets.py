@@ -304,6 +304,38 @@ def test_threaded_task_reports_progress_and_stops_on_cancel(make_napari_viewer, 
     assert not runner._cancel_button.enabled
 
 
+def test_closing_the_widget_cancels_its_task_and_nothing_writes_to_it_after(make_napari_viewer, qtbot, notes):
+    """Closing a widget (or the viewer) mid-run cancels the task; when the worker ends, nothing touches the
+    deleted Qt widgets (an exception in that slot would abort the whole process under PyQt)."""
+    make_napari_viewer()
+    runner = workers.TaskRunner(synchronous=False)
+    started, saw_cancel = threading.Event(), threading.Event()
+    applied, statuses = [], []
+    runner.finished.connect(statuses.append)
+
+    def task(progress, cancel):
+        started.set()
+        for i in range(4000):
+            if cancel():
+                saw_cancel.set()
+                raise Cancelled()
+            progress(i, 4000)
+            time.sleep(0.005)
+        return "finished"
+
+    worker = runner.run(task, applied.append, description="Long job")
+    assert started.wait(10)
+    finished = threading.Event()
+    worker.finished.connect(finished.set)
+    runner.native.deleteLater()
+    qtbot.waitUntil(lambda: runner._closed, timeout=10000)
+    assert saw_cancel.wait(10)
+    qtbot.waitUntil(lambda: finished.is_set() and not runner.busy, timeout=10000)
+    qtbot.wait(50)  # let queued progress reports arrive at the deleted widget
+    assert applied == [] and statuses == []
+    assert notes.errors() == []
+
+
 def test_napari_status_bar_cancel_stops_the_task_too(make_napari_viewer, qtbot, notes):
     make_napari_viewer()
     runner = workers.TaskRunner(synchronous=False)

@@ -87,8 +87,15 @@ class TaskRunner(Container):
         self._running = False
         self.worker: FunctionWorker | None = None
         self.last_status: str | None = None
-        # A closed widget must not leave its task running.
-        self.native.destroyed.connect(self._cancel_event.set)
+        self._closed = False
+        # A closed widget (or viewer) must not leave its task running, nor be written to when the task ends:
+        # PyQt aborts the whole process on an exception raised in a slot, such as "wrapped C/C++ object
+        # has been deleted".
+        self.native.destroyed.connect(self._on_destroyed)
+
+    def _on_destroyed(self, *_: Any) -> None:
+        self._closed = True
+        self._cancel_event.set()
 
     @property
     def busy(self) -> bool:
@@ -142,13 +149,15 @@ class TaskRunner(Container):
 
     def _set_running(self, running: bool) -> None:
         self._running = running
+        if self._closed:
+            return
         self._cancel_button.enabled = running
         if running:
             self._bar.max, self._bar.value = 0, 0  # indeterminate until the first progress report
             self._message.value = f"{self._description}…"
 
     def _show_progress(self, done: int, total: int) -> None:
-        if not self._running:
+        if not self._running or self._closed:
             return
         total = max(int(total), 1)
         self._bar.max = total
@@ -164,6 +173,9 @@ class TaskRunner(Container):
             return
         self._set_running(False)
         self.worker = None
+        if self._closed:  # the task was cancelled when the widget closed; there is nothing left to update
+            logger.info("%s ended after its widget closed", self._description)
+            return
         if outcome.cancelled:
             self._report("cancelled", f"{self._description} cancelled.", show_info)
             return
