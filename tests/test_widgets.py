@@ -659,6 +659,43 @@ def test_refocus_widget_caches_radiance_and_updates_one_layer_as_delta_turns(vie
     assert_unchanged(layer, before)
 
 
+def test_refocus_output_is_followed_through_renames_and_recreated_when_deleted(viewer, tiny_weights, notes):
+    """The widget keeps writing into the layer it made for this input, whatever the user renames (the
+    output or the input); a new input gets its own layer, and a deleted output is made again."""
+    g1_path, g2_path = tiny_weights
+    layer = viewer.add_image(textured_image(6), name="photo", rgb=True)
+    widget = dock(viewer, "Refocus")
+    widget._image.value = layer
+    set_network_options(widget, g2_path)
+    widget._deblur_weights.value = g1_path
+    widget._run_button.clicked()
+    out = viewer.layers["photo refocused"]
+
+    out.name = "mine"
+    widget._delta.value = 2.0
+    assert [lay.name for lay in viewer.layers] == ["photo", "mine"]
+    assert out.metadata["delta"] == 2.0
+
+    layer.name = "photo2"
+    widget._image.value = layer
+    widget._delta.value = -3.0
+    assert [lay.name for lay in viewer.layers] == ["photo2", "mine"]
+    assert out.metadata["delta"] == -3.0 and out.metadata["source"] == "photo2"
+
+    other = viewer.add_image(textured_image(7), name="other", rgb=True)
+    widget._image.value = other
+    widget._delta.value = 1.0
+    assert viewer.layers["other refocused"].metadata["delta"] == 1.0
+    assert out.metadata["delta"] == -3.0  # the first input's result is left as it was
+
+    widget._image.value = layer
+    viewer.layers.remove(out)
+    widget._delta.value = 4.0
+    assert viewer.layers["photo2 refocused"].metadata["delta"] == 4.0
+    assert sorted(lay.name for lay in viewer.layers) == ["other", "other refocused", "photo2", "photo2 refocused"]
+    assert notes.errors() == []
+
+
 def test_sample_deblur_refocus_and_turning_delta_updates_one_layer(viewer, notes):
     """The whole flow a user takes, with the shipped weights: sample → Deblur → Refocus with the
     Deblur output as radiance → turn δ."""

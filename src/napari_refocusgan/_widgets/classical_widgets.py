@@ -23,7 +23,7 @@ from .layer_io import (
     image_layer_combo,
     is_stack,
     layer_data_copy,
-    show_image,
+    OutputLayers,
     single_image,
     spatial_placement,
 )
@@ -126,6 +126,7 @@ class ClassicalWidget(Container):
         self._parameters = {m: _method_parameters(m) for m in METHODS}
         self._run_button = PushButton(text="Apply")
         self.runner = TaskRunner()
+        self._outputs = OutputLayers(napari_viewer)
         super().__init__(
             widgets=[self._image, self._method, self._radiance, *self._parameters.values(), self._run_button, self.runner]
         )
@@ -172,11 +173,11 @@ class ClassicalWidget(Container):
             def show(result) -> None:
                 out_rgb = result.refocused.ndim == 3
                 metadata = {**base, "sigma_max_used": result.sigma_max}
-                show_image(self._viewer, result.refocused, name=f"{source} {method}", metadata=metadata,
-                           rgb=out_rgb, contrast_limits=(0.0, 1.0), **placement)  # fmt: skip
-                show_image(self._viewer, result.sigma, name=f"{source} σ defocus map",
-                           metadata={**metadata, "units": "px (blur radius of the input)"}, colormap="magma",
-                           **placement)  # fmt: skip
+                self._outputs.show(layer, method, result.refocused, name=f"{source} {method}", metadata=metadata,
+                                   rgb=out_rgb, contrast_limits=(0.0, 1.0), **placement)  # fmt: skip
+                self._outputs.show(layer, "σ defocus map", result.sigma, name=f"{source} σ defocus map",
+                                   metadata={**metadata, "units": "px (blur radius of the input)"}, colormap="magma",
+                                   **placement)  # fmt: skip
 
         else:
 
@@ -188,8 +189,8 @@ class ClassicalWidget(Container):
 
             def show(out: np.ndarray) -> None:
                 limits = {"contrast_limits": (0.0, 1.0)} if out.dtype.kind == "f" else {}
-                show_image(self._viewer, out, name=f"{source} {method}", metadata=base, rgb=rgb,
-                           **limits, **placement)  # fmt: skip
+                self._outputs.show(layer, method, out, name=f"{source} {method}", metadata=base, rgb=rgb,
+                                   **limits, **placement)  # fmt: skip
 
         self.runner.run(task, show, description=description)
 
@@ -214,6 +215,7 @@ class FocusStackingWidget(Container):
                                    tooltip="smoothing of the slice-selection weights; 0 = hard per-pixel choice")  # fmt: skip
         self._run_button = PushButton(text="Stack")
         self.runner = TaskRunner()
+        self._outputs = OutputLayers(napari_viewer)
         super().__init__(
             widgets=[self._stack, self._measures, self._window, self._blend, self._run_button, self.runner]
         )
@@ -246,10 +248,10 @@ class FocusStackingWidget(Container):
 
         def show(result) -> None:
             aif, depth = result
-            show_image(self._viewer, aif, name=f"{source} all-in-focus", metadata=metadata, rgb=rgb,
-                       contrast_limits=(0.0, 1.0), **placement)  # fmt: skip
-            show_image(self._viewer, depth, name=f"{source} depth index",
-                       metadata={**metadata, "units": "slice index (0-based)"}, colormap="viridis",
-                       contrast_limits=(0.0, max(float(data.shape[0] - 1), 1.0)), **placement)  # fmt: skip
+            self._outputs.show(layer, "all-in-focus", aif, name=f"{source} all-in-focus", metadata=metadata, rgb=rgb,
+                               contrast_limits=(0.0, 1.0), **placement)  # fmt: skip
+            self._outputs.show(layer, "depth index", depth, name=f"{source} depth index",
+                               metadata={**metadata, "units": "slice index (0-based)"}, colormap="viridis",
+                               contrast_limits=(0.0, max(float(data.shape[0] - 1), 1.0)), **placement)  # fmt: skip
 
         self.runner.run(task, show, description="Focus stacking")

@@ -9,7 +9,14 @@ from magicgui.widgets import Container, FloatSpinBox, PushButton, SpinBox
 
 from ..core.focalstack import Cancelled, CancelFn, ProgressFn
 from ..core.focus import SMLParams, sml
-from .layer_io import chosen_layer, follow_layer_list, image_layer_combo, layer_data_copy, show_image, spatial_placement
+from .layer_io import (
+    OutputLayers,
+    chosen_layer,
+    follow_layer_list,
+    image_layer_combo,
+    layer_data_copy,
+    spatial_placement,
+)
 from .workers import TaskRunner
 
 
@@ -56,6 +63,7 @@ class SMLWidget(Container):
         )  # fmt: skip
         self._run_button = PushButton(text="Compute SML")
         self.runner = TaskRunner()
+        self._outputs = OutputLayers(napari_viewer)
         super().__init__(
             widgets=[self._image, self._step, self._window, self._threshold, self._run_button, self.runner]
         )
@@ -79,7 +87,7 @@ class SMLWidget(Container):
             return sml_per_slice(data, params, rgb=rgb, progress=progress, cancel=cancel)
 
         def show(result: np.ndarray) -> None:
-            show_image(self._viewer, result, name=name, metadata=metadata, colormap="magma", **placement)
+            self._outputs.show(layer, "SML", result, name=name, metadata=metadata, colormap="magma", **placement)
 
         self.runner.run(task, show, description="SML")
 

@@ -1,7 +1,8 @@
 """Layer plumbing shared by the widgets: choosing input layers, copying their data, showing results.
 
-Results are written by name: running a widget again (or turning δ) updates the same output layer in
-place instead of piling up new ones.
+Running a widget again (or turning δ) updates the same output layer in place instead of piling up new
+ones: the layer it made before for that input (:class:`OutputLayers`), whatever it is called now, else
+the layer with the output's name.
 """
 
 from __future__ import annotations
@@ -110,16 +111,20 @@ def show_image(
     metadata: dict[str, Any],
     rgb: bool = False,
     on_new: Callable[[Image], None] | None = None,
+    target: Image | None = None,
     **layer_kwargs: Any,
 ) -> Image:
-    """Put ``data`` into the image layer called ``name``: updated in place if it exists, added otherwise.
+    """Put ``data`` into the image layer ``target`` if it is still in the viewer (keeping its current name),
+    else into the layer called ``name``: updated in place if it exists, added otherwise.
 
     The layer's metadata is replaced by ``metadata`` (what made this result). An existing layer whose
     kind does not fit (not an image, RGB vs gray, other dimensionality) is replaced at the same position.
     """
     view_ndim = data.ndim - (1 if rgb else 0)
-    if name in viewer.layers:
+    existing = target if target is not None and target in viewer.layers else None
+    if existing is None and name in viewer.layers:
         existing = viewer.layers[name]
+    if existing is not None:
         if isinstance(existing, Image) and bool(existing.rgb) == rgb and existing.ndim == view_ndim:
             existing.data = data
             existing.metadata = dict(metadata)
@@ -140,3 +145,34 @@ def show_image(
     if on_new is not None:
         on_new(layer)
     return layer
+
+
+class OutputLayers:
+    """The output layers a widget made, by input layer and role ("radiance", "refocused", …), held weakly.
+
+    A later result for the same input goes into the layer made before, even after the user renamed it or
+    the input, rather than into a new layer named after the input; one the user deleted is made again.
+    """
+
+    def __init__(self, viewer):
+        self._viewer = viewer
+        self._made: dict[tuple[int, str], tuple[weakref.ref, weakref.ref]] = {}
+
+    def show(self, source: Image, role: str, data: np.ndarray, *, name: str, **kwargs: Any) -> Image:
+        """:func:`show_image` into the layer made before for ``source`` and ``role``, else ``name``."""
+        self._made = {k: v for k, v in self._made.items() if v[0]() is not None and v[1]() is not None}
+        source = _unproxied(source)
+        key = (id(source), role)
+        made = self._made.get(key)
+        target = made[1]() if made is not None and made[0]() is source else None
+        layer = show_image(self._viewer, data, name=name, target=target, **kwargs)
+        self._made[key] = (weakref.ref(source), weakref.ref(_unproxied(layer)))
+        return layer
+
+
+def _unproxied(obj: Any) -> Any:
+    """The object behind napari's PublicOnlyProxy (napari hands plugin widgets a proxied viewer, and each
+    access makes a new proxy of a layer): identity and weak references need the layer itself."""
+    while hasattr(type(obj), "__wrapped__"):
+        obj = obj.__wrapped__
+    return obj

@@ -26,7 +26,7 @@ from .layer_io import (
     follow_layer_list,
     image_layer_combo,
     layer_data_copy,
-    show_image,
+    OutputLayers,
     spatial_placement,
 )
 from .workers import TaskRunner
@@ -169,6 +169,7 @@ class DeblurWidget(Container):
         self._run_button = PushButton(text="Deblur")
         self.runner = TaskRunner()
         self._model = ModelSlot("deblur", "G1 weights")
+        self._outputs = OutputLayers(napari_viewer)
         super().__init__(
             widgets=[self._image, self._focus, self._weights, self._device, self._tile, self._run_button, self.runner]
         )
@@ -210,7 +211,9 @@ class DeblurWidget(Container):
 
         def show(result) -> None:
             out, metadata = result
-            show_image(self._viewer, out, name=name, metadata=metadata, rgb=rgb, **placement, **_display(out))
+            self._outputs.show(
+                layer, "radiance", out, name=name, metadata=metadata, rgb=rgb, **placement, **_display(out)
+            )
 
         self.runner.run(task, show, description="Deblur")
 
@@ -242,6 +245,7 @@ class RefocusWidget(Container):
         self.runner = TaskRunner()
         self._g2 = ModelSlot("refocus", "G2 weights")
         self._g1 = ModelSlot("deblur", "G1 weights")
+        self._outputs = OutputLayers(napari_viewer)
         self._radiance_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._rerun_pending = False
         super().__init__(
@@ -334,7 +338,9 @@ class RefocusWidget(Container):
 
         def show(result) -> None:
             out, metadata, config = result
-            show_image(self._viewer, out, name=name, metadata=metadata, rgb=rgb, **placement, **_display(out))
+            self._outputs.show(
+                layer, "refocused", out, name=name, metadata=metadata, rgb=rgb, **placement, **_display(out)
+            )
             self._fit_delta_box(config)  # the model that ran may be a user's, with another range
 
         self.runner.run(task, show, description="Refocus")
