@@ -47,3 +47,27 @@ def test_read_write(tmp_path):
         read_image(tmp_path / "missing.png")
     with pytest.raises(RefocusError, match="folder"):
         read_image(tmp_path)
+
+
+def test_float_images_must_hold_unit_intensities_everywhere():
+    """A float image on a 0..255 scale is a clear error in every tool (classical, focus stacking, SML), as in
+    the networks, instead of a silently clipped or solid-white result; a slight overshoot is clipped."""
+    from napari_refocusgan.core.classical import apply_classical
+    from napari_refocusgan.core.focus import sml
+    from napari_refocusgan.core.focus_stacking import all_in_focus
+
+    rng = np.random.default_rng(3)
+    scaled = (rng.random((32, 32, 3)) * 255).astype(np.float32)
+    for run in (
+        lambda: to_float(scaled),
+        lambda: apply_classical(scaled, "unsharp"),
+        lambda: apply_classical(scaled, "clahe"),
+        lambda: all_in_focus(np.stack([scaled, scaled])),
+        lambda: sml(scaled),
+    ):
+        with pytest.raises(RefocusError, match=r"values 0\..*…25[0-9].*Divide by the full-scale value"):
+            run()
+    overshoot = np.array([[-0.03, 0.5, 1.04]], np.float32)
+    original = overshoot.copy()
+    np.testing.assert_array_equal(to_float(overshoot), [[0.0, 0.5, 1.0]])
+    np.testing.assert_array_equal(overshoot, original)  # the caller's array is untouched

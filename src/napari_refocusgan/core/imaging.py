@@ -13,10 +13,26 @@ import numpy as np
 from .errors import RefocusError
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+FLOAT_RANGE_SLACK = 0.05  # float input may overshoot [0, 1] by this much (then it is clipped)
+
+
+def check_float_range(arr: np.ndarray, *, name: str = "image") -> None:
+    """Float images hold [0, 1] intensities: NaN/Inf, or values beyond [0, 1] by more than
+    FLOAT_RANGE_SLACK, are a clear error. Slight overshoot (cubic shift-and-sum, sharpening) is allowed; a
+    float image on another scale (0..255, 0..65535, signed) would otherwise be silently wrong."""
+    if not np.isfinite(arr).all():
+        raise RefocusError(f"{name} contains NaN or Inf values; clean the data first.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -FLOAT_RANGE_SLACK or hi > 1 + FLOAT_RANGE_SLACK:
+        raise RefocusError(
+            f"{name} is a float image with values {lo:.4g}…{hi:.4g}; float images must hold intensities "
+            "in [0, 1]. Divide by the full-scale value (e.g. 255) or pass it as uint8/uint16."
+        )
 
 
 def to_float(image: np.ndarray, *, name: str = "image") -> np.ndarray:
-    """Scale an integer or float array to float32 in [0, 1], rejecting NaN/Inf and empty input."""
+    """Scale an integer or float array to float32 in [0, 1]: integers by their dtype's full scale, floats as
+    they are (checked by :func:`check_float_range`, slight overshoot clipped). Empty input is an error."""
     arr = np.asarray(image)
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")
@@ -28,10 +44,8 @@ def to_float(image: np.ndarray, *, name: str = "image") -> np.ndarray:
             raise RefocusError(f"{name} has signed integer dtype {arr.dtype}; expected uint8, uint16 or float.")
         return arr.astype(np.float32) / np.float32(info.max)
     if np.issubdtype(arr.dtype, np.floating):
-        out = arr.astype(np.float32, copy=True)
-        if not np.isfinite(out).all():
-            raise RefocusError(f"{name} contains NaN or Inf values; clean the data first.")
-        return out
+        check_float_range(arr, name=name)
+        return np.clip(arr, 0.0, 1.0, dtype=np.float32)  # a new array: the caller's is never touched
     raise RefocusError(f"{name} has unsupported dtype {arr.dtype}; expected uint8, uint16 or float.")
 
 

@@ -51,11 +51,10 @@ from .blur_compare import gaussian_kernel1d
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn
 from .focus import SMLParams, focus_channel
-from .imaging import as_rgb
+from .imaging import as_rgb, check_float_range
 from .networks import Generator, GeneratorConfig, InstanceNorm
 from .weights import LoadedModel
 
-FLOAT_RANGE_SLACK = 0.05  # float input may overshoot [0, 1] by this much (then it is clipped)
 MIN_SIZE = 8  # the bottleneck (1/4 size) must be ≥ 2 pixels for the blocks' reflection padding
 DEFAULT_TILE = 1024  # core side of a tile in pixels
 # Context around each tile's core, None = the generator's receptive field (see receptive_field).
@@ -403,16 +402,7 @@ def _layout(image, rgb: bool | None, name: str) -> tuple[np.ndarray, list[tuple]
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")
     if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise RefocusError(f"{name} contains NaN or Inf values; clean the data first.")
-        lo, hi = float(arr.min()), float(arr.max())
-        # Float images are read as [0, 1] intensities. Slight overshoot (cubic shift-and-sum, sharpening) is
-        # clipped; a float image on another scale (0..255, 0..65535, signed) would be silently wrong.
-        if lo < -FLOAT_RANGE_SLACK or hi > 1 + FLOAT_RANGE_SLACK:
-            raise RefocusError(
-                f"{name} is a float image with values {lo:.4g}…{hi:.4g}; float images must hold intensities "
-                "in [0, 1]. Divide by the full-scale value (e.g. 255) or pass it as uint8/uint16."
-            )
+        check_float_range(arr, name=name)
     if rgb is None:
         rgb = arr.ndim >= 3 and arr.shape[-1] in (1, 3, 4)
         if arr.ndim == 3 and arr.shape[-1] < MIN_SIZE and not rgb:
