@@ -846,15 +846,24 @@ def test_blur_and_compare_outputs_refocused_and_sigma_layers(viewer, notes):
     assert notes.errors() == []
 
 
-def test_classical_widget_rejects_stacks_and_mismatched_radiance(viewer, notes):
-    stack = viewer.add_image(np.zeros((2, 3, 16, 16, 3), np.float32), name="stack5d", rgb=True)
+def test_classical_widget_works_on_the_slice_shown_and_rejects_mismatched_radiance(viewer, notes):
+    from napari_refocusgan.core.classical import apply_classical
+
+    data = np.random.default_rng(5).random((2, 3, 16, 16, 3)).astype(np.float32)
+    stack = viewer.add_image(data, name="stack5d", rgb=True)
     before = snapshot(stack)
     widget = dock(viewer, "Classical")
     widget._image.value = stack
     widget._method.value = "sharpen"
-    widget._run_button.clicked()
-    assert any("one 2-D image" in m for m in notes.errors())
+    for step in ((1, 2), (0, 1)):
+        viewer.dims.current_step = (*step, 0, 0)
+        widget._run_button.clicked()
+        out = viewer.layers["stack5d sharpen"]
+        np.testing.assert_allclose(out.data, apply_classical(data[step], "sharpen"), atol=1e-6)
+        assert out.metadata["slice"] == list(step) and out.data.shape == (16, 16, 3)
+    assert len(viewer.layers) == 2
     assert_unchanged(stack, before)
+    assert notes.errors() == []
 
     viewer.layers.remove(stack)
     plain = viewer.add_image(np.zeros((16, 16), np.float32), name="plain")
@@ -864,7 +873,7 @@ def test_classical_widget_rejects_stacks_and_mismatched_radiance(viewer, notes):
     widget._radiance.value = small
     widget._run_button.clicked()
     assert any("same size" in m for m in notes.errors())
-    assert [lay.name for lay in viewer.layers] == ["plain", "small"]
+    assert [lay.name for lay in viewer.layers] == ["stack5d sharpen", "plain", "small"]
 
 
 def test_classical_widget_bad_layers_are_notifications_and_uint16_stays_uint16(viewer, notes):

@@ -18,13 +18,13 @@ from ..core.focus import FOCUS_MEASURES
 from ..core.focus_stacking import DEFAULT_BLEND_SIGMA, DEFAULT_MEASURES, DEFAULT_WINDOW, all_in_focus
 from ..core.imaging import as_rgb
 from .layer_io import (
+    OutputLayers,
     chosen_layer,
+    displayed_image,
     follow_layer_list,
     image_layer_combo,
     is_stack,
     layer_data_copy,
-    OutputLayers,
-    single_image,
     spatial_placement,
 )
 from .workers import TaskRunner
@@ -118,7 +118,7 @@ class ClassicalWidget(Container):
 
     def __init__(self, napari_viewer):
         self._viewer = napari_viewer
-        self._image = image_layer_combo(napari_viewer, label="image", tooltip="one gray or colour image")
+        self._image = image_layer_combo(napari_viewer, label="image", tooltip="a gray or colour image; of a stack, the slice shown")
         self._method = ComboBox(label="method", choices=METHODS, value="unsharp")
         self._radiance = image_layer_combo(
             napari_viewer, label="radiance", tooltip="all-in-focus image of the same scene (e.g. Deblur's output)"
@@ -150,11 +150,12 @@ class ClassicalWidget(Container):
         description = f"Classical ({method})"
         try:
             layer = chosen_layer(self._image, "an image layer")
-            data = single_image(layer, layer_data_copy(layer), what=description)
+            # one image: of a stack, the slice on screen
+            data, index = displayed_image(self._viewer, layer)
             radiance = None
             if method == BLUR_AND_COMPARE:
                 radiance_layer = chosen_layer(self._radiance, "a radiance layer (the all-in-focus image)")
-                radiance = single_image(radiance_layer, layer_data_copy(radiance_layer), what="blur-and-compare")
+                radiance, radiance_index = displayed_image(self._viewer, radiance_layer)
             params = _parameter_values(self.parameters)
         except Exception as exc:
             self.runner.fail(exc, description=description)
@@ -163,9 +164,13 @@ class ClassicalWidget(Container):
         placement = spatial_placement(layer, 2)
         source = layer.name  # names are fixed when the run starts, whatever happens to the layer meanwhile
         base = {"source": source, "method": method, "parameters": dict(params)}
+        if index:
+            base["slice"] = list(index)
 
         if method == BLUR_AND_COMPARE:
             base["radiance"] = radiance_layer.name
+            if radiance_index:
+                base["radiance_slice"] = list(radiance_index)
 
             def task(progress: ProgressFn, cancel: CancelFn):
                 return blur_and_compare(data, radiance, **params, progress=progress, cancel=cancel)

@@ -86,16 +86,21 @@ def layer_data_copy(layer: Image) -> np.ndarray:
     return np.array(layer.data, copy=True)
 
 
-def single_image(layer: Image, data: np.ndarray, *, what: str) -> np.ndarray:
-    """Check that ``data`` holds one 2-D image (gray or colour), as the networks and classical tools need."""
+def displayed_image(viewer, layer: Image) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A private copy of the one 2-D image (gray or colour) of ``layer`` that the viewer shows, and its
+    indices: the whole layer (indices ``()``), or for a stack (slices, time, z, …) the slice at the viewer's
+    current position. Only that slice is read, also from a lazy (dask) layer."""
+    if layer.multiscale:
+        return layer_data_copy(layer), ()  # its message
     spatial_ndim = 3 if layer.rgb else 2
-    if data.ndim != spatial_ndim:
-        kind = "colour image (H, W, 3|4)" if layer.rgb else "gray image (H, W)"
-        raise RefocusError(
-            f"{what} works on one 2-D image; layer {layer.name!r} has shape {data.shape}. "
-            f"Expected a {kind}; pick one slice of a stack first (e.g. Layers ▸ Split / Slice)."
-        )
-    return data
+    lead = layer.data.ndim - spatial_ndim
+    if lead < 0:
+        raise RefocusError(f"layer {layer.name!r} has shape {layer.data.shape}; expected a 2-D gray or colour image.")
+    if lead == 0:
+        return layer_data_copy(layer), ()
+    position = layer.world_to_data(viewer.dims.point[-layer.ndim :])
+    index = tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position[:lead], layer.data.shape[:lead]))
+    return np.array(layer.data[index], copy=True), index
 
 
 def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:
