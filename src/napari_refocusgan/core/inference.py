@@ -27,7 +27,8 @@ converge: errors grow from layer to layer before the last layer is right.
 
 A generator serves one call at a time: a run switches it to eval mode, moves it to the device and fixes
 its InstanceNorm statistics while tiling. Mode and statistics are restored afterwards; the device and the
-run's memory layout stay (channels_last on CUDA, and on the CPU when tiled; see ``_channels_last``).
+run's memory layout stay (channels_last on CUDA; on the CPU after the encoder, or throughout when tiled;
+see ``_set_memory_layout``).
 
 Tile windows start on multiples of 4 (the stride-2 grid) and tiles at the image edge keep the image's
 own borders, so the network's internal reflection padding matches the untiled run there. G2's δ map is
@@ -215,13 +216,28 @@ def _unwrap(model: Model, role: str) -> tuple[Generator, SMLParams]:
 
 
 def _channels_last(device: torch.device, tiled: bool) -> bool:
-    """Whether a run uses the channels_last layout: always on CUDA; on the CPU only when tiled. oneDNN's
-    convolutions are faster in it (transposed ones 2.4×, the blocks' 3×3 ones 1.3× at 376×541 on an AVX2
-    CPU), but an untiled run normalises whole planes, and no CPU norm is both exact and fast on that layout:
-    instance_norm is 3–14× slower there, and group_norm's float32 sums lose whole units where a channel's
-    mean dwarfs its spread (a small object on a flat background). Tiled runs normalise with fixed statistics,
-    an elementwise step."""
+    """Whether a run's input and encoder use the channels_last layout: always on CUDA; on the CPU only when
+    tiled. oneDNN's convolutions are faster in it on the CPU, but the encoder's full-resolution norms are
+    not (see :func:`_channels_last_after_encoder`); tiled runs normalise with fixed statistics, an
+    elementwise step."""
     return device.type == "cuda" or (device.type == "cpu" and tiled)
+
+
+def _channels_last_after_encoder(device: torch.device, channels_last: bool) -> bool:
+    """Whether the layers after the encoder (δ fusion, residual blocks, decoder and heads) run channels_last:
+    on CUDA, and always on the CPU. There oneDNN's transposed convolutions are 2–4× and the blocks' 3×3 ones
+    1.3× faster in that layout (376×541, AVX2 CPU), and their norms (:func:`.networks._instance_norm_channels_last`)
+    cost less than that gains; the encoder's first convolutions and norms are as fast or faster in NCHW, which
+    also saves converting the input."""
+    return channels_last or device.type == "cpu"
+
+
+def _set_memory_layout(generator: Generator, channels_last: bool, after_encoder: bool) -> None:
+    """The weights' memory layout: the encoder's (head, down) per ``channels_last``, the rest per
+    ``after_encoder``. Parts already in their layout keep their storage (the δ cache keys on the encoder's)."""
+    for name, part in generator.named_children():
+        cl = channels_last if name in ("head", "down") else after_encoder  # Generator.encode's modules
+        part.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 @contextmanager
@@ -242,7 +258,7 @@ def _prepared(
     channels_last = _channels_last(device, tiled)
     # left so afterwards, as the device is: converting back at every call would give the weights new
     # storage each time, and the δ cache (keyed on the encoder weights' storage) would never hit
-    generator.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    _set_memory_layout(generator, channels_last, _channels_last_after_encoder(device, channels_last))
     try:
         yield device, autocast, channels_last
     finally:
@@ -538,11 +554,17 @@ def _run(generator, x: torch.Tensor, delta, device, autocast, channels_last: boo
         x = x.contiguous(memory_format=torch.channels_last)
     with nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast):
         if delta is None:
-            y = generator(x, delta)
+            y = generator(x, delta, encoded=_encode(generator, x, device, channels_last))
         else:
-            encoded, blurs = _delta_free_parts(generator, x, x_cpu, device, autocast)
+            encoded, blurs = _delta_free_parts(generator, x, x_cpu, device, autocast, channels_last)
             y = generator(x, delta, encoded=encoded, blurs=blurs)
     return y.float().cpu()
+
+
+def _encode(generator: Generator, x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """The encoder's output in the layout of the layers after it (see :func:`_set_memory_layout`)."""
+    y = generator.encode(x)
+    return y.contiguous(memory_format=torch.channels_last) if _channels_last_after_encoder(device, channels_last) else y
 
 
 # The last G2 input's encoder output and blurs, which do not depend on δ: turning the δ box reruns only
@@ -551,7 +573,7 @@ _delta_cache: dict = {}
 DELTA_CACHE_MAX_PIXELS = 1 << 20
 
 
-def _delta_free_parts(generator, x, x_cpu, device, autocast):
+def _delta_free_parts(generator, x, x_cpu, device, autocast, channels_last):
     if x.shape[-2] * x.shape[-1] > DELTA_CACHE_MAX_PIXELS:
         return None, None
     # the encoder's weights: where they live and their versions (in-place updates, load_state_dict, bump them)
@@ -562,7 +584,7 @@ def _delta_free_parts(generator, x, x_cpu, device, autocast):
     cached_key, parts = _delta_cache.get("entry", (None, None))
     if cached_key != key:
         _delta_cache.clear()  # drop the old tensors before making new ones
-        parts = (generator.encode(x), generator.source_blurs(x))
+        parts = (_encode(generator, x, device, channels_last), generator.source_blurs(x))
         _delta_cache["entry"] = (key, parts)  # one assignment: threads see a matching key and value
     return parts
 
