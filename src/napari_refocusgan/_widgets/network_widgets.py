@@ -144,12 +144,17 @@ def check_sml_layer(name: str, metadata: dict, sml_map: np.ndarray, image: np.nd
         )
     params = SMLParams(**recorded)
     expected = sml(image, params, rgb=rgb)
-    if sml_map.shape != expected.shape or not np.allclose(sml_map, expected, atol=1e-5):
-        raise RefocusError(
-            f"SML layer {name!r} was not computed from this image (shape {sml_map.shape}, image "
-            f"{expected.shape}); recompute it from the image or choose 'compute from the image'."
-        )
-    return params
+    if sml_map.shape != expected.shape:
+        why = f"its shape is {sml_map.shape}, this image's SML would be {expected.shape}"
+    elif not np.allclose(sml_map, expected, atol=1e-5):
+        worst = float(np.abs(sml_map - expected).max())
+        why = f"its values differ from this image's SML with the same settings by up to {worst:.3g}"
+    else:
+        return params
+    raise RefocusError(
+        f"SML layer {name!r} was not computed from this image ({why}); recompute it from the image or choose "
+        "'compute from the image'."
+    )
 
 
 class DeblurWidget(Container):
