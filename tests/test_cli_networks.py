@@ -10,6 +10,7 @@ import torch
 
 from napari_refocusgan.cli import main
 from napari_refocusgan.core import weights
+from napari_refocusgan.core.imaging import read_image
 from napari_refocusgan.core.inference import deblur, refocus
 from napari_refocusgan.core.networks import Generator, deblur_config, refocus_config
 from napari_refocusgan.core.weights import load_generator, register_weights, save_generator
@@ -142,3 +143,48 @@ def test_bad_inputs_exit_2_with_a_message(files, capsys, tmp_path):
     iio.imwrite(tiny, np.zeros((1, 1, 3), np.uint8))
     assert main(["deblur", str(tiny), "-o", out, "--weights", str(files["g1"])]) == 2
     assert "1×1 pixels" in capsys.readouterr().err
+
+
+def test_16_bit_colour_png_in_gives_16_bit_colour_png_out(files):
+    image16 = (np.random.default_rng(4).random((21, 30, 3)) * 65535).astype(np.uint16)
+    src, out = files["dir"] / "in16.tif", files["dir"] / "out16.png"
+    tifffile.imwrite(src, image16, photometric="rgb")
+    assert main(["deblur", str(src), "-o", str(out), "--weights", str(files["g1"]), "--device", "cpu"]) == 0
+    written = read_image(out)
+    assert written.dtype == np.uint16 and written.shape == image16.shape
+    expected = deblur(image16, load_generator(files["g1"]))
+    assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_outputs_that_cannot_be_written_fail_before_the_work_and_leave_files_alone(files, capsys):
+    d, g1 = files["dir"], str(files["g1"])
+    rgba = d / "rgba.png"
+    iio.imwrite(rgba, np.full((20, 24, 4), 200, np.uint8))
+    keep = d / "keep.jpg"
+    iio.imwrite(keep, np.zeros((8, 8, 3), np.uint8))
+    kept = keep.read_bytes()
+    stack = d / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((2, 16, 16, 3), np.uint8), photometric="rgb")
+    wide = d / "wide.tif"
+    tifffile.imwrite(wide, np.full((16, 16), 7, np.uint32))
+    png = str(files["png"])
+    original = files["png"].read_bytes()
+    cases = [
+        (["deblur", str(rgba), "-o", str(keep), "--weights", g1], "JPEG cannot hold an alpha channel"),
+        (["deblur", png, "-o", png, "--weights", g1], "is an input file"),
+        (["deblur", str(stack), "-o", str(d / "s.png"), "--weights", g1], "is a stack; write it as .tif"),
+        (["deblur", str(wide), "-o", str(d / "w.tif"), "--weights", g1], "expected uint8, uint16 or float"),
+        (["sml", png, "-o", str(d / "sml.png")], "float32 data; write it as .tif"),
+        (["focal-stack", str(d), "-o", str(d / "fs.png")], "float32 data; write it as .tif"),
+        (["classical", png, "--method", "unsharp", "-o", str(d / "c")], "must end in one of"),
+        (["blur-compare", png, "--radiance", png, "-o", str(d / "b.png"), "--sigma-map", str(d / "s.png")],
+         "float32 data"),  # fmt: skip
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert keep.read_bytes() == kept and files["png"].read_bytes() == original
+    assert not any(p.name.startswith(".") for p in d.iterdir())  # no partial files left behind
+    for name in ("s.png", "w.tif", "sml.png", "fs.png", "c", "b.png"):
+        assert not (d / name).exists(), name

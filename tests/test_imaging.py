@@ -71,3 +71,54 @@ def test_float_images_must_hold_unit_intensities_everywhere():
     original = overshoot.copy()
     np.testing.assert_array_equal(to_float(overshoot), [[0.0, 0.5, 1.0]])
     np.testing.assert_array_equal(overshoot, original)  # the caller's array is untouched
+
+
+def test_16_bit_colour_png_round_trips(tmp_path):
+    rng = np.random.default_rng(6)
+    for channels in (3, 4):
+        img = (rng.random((9, 11, channels)) * 65535).astype(np.uint16)
+        np.testing.assert_array_equal(read_image(write_image(tmp_path / f"c{channels} 100%d.png", img)), img)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c3 100%d.png", "c4 100%d.png"]
+
+
+def test_a_failed_write_leaves_the_existing_file_whole(tmp_path, monkeypatch):
+    import tifffile
+
+    target = write_image(tmp_path / "result.tif", np.zeros((4, 4), np.float32))
+    before = target.read_bytes()
+
+    def broken(path, *args, **kwargs):
+        open(path, "wb").write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", broken)
+    with pytest.raises(RefocusError, match="cannot write .*disk full"):
+        write_image(target, np.ones((4, 4), np.float32))
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["result.tif"]
+
+
+def test_images_are_read_as_shown_cmyk_exif_orientation_and_gray_alpha(tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((6, 10, 3), np.uint8)
+    rgb[:, :5] = (255, 0, 0)  # red left half
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    cmyk = read_image(tmp_path / "cmyk.jpg")
+    assert cmyk.shape == (6, 10, 3)
+    assert cmyk[:, :4, 0].min() > 200 and cmyk[:, :4, 1:].max() < 60 and cmyk[:, 6:].max() < 60
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer turns the stored pixels 90° clockwise
+    Image.fromarray(rgb).save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    turned = read_image(tmp_path / "turned.jpg")
+    assert turned.shape == (10, 6, 3)
+    assert turned[:4, :, 0].min() > 200 and turned[6:, :, 0].max() < 60  # the red half is now on top
+
+    la = np.stack([np.arange(60, dtype=np.uint8).reshape(6, 10), np.full((6, 10), 128, np.uint8)], axis=-1)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    rgba = read_image(tmp_path / "la.png")
+    assert rgba.shape == (6, 10, 4)
+    np.testing.assert_array_equal(rgba[..., 0], la[..., 0])
+    np.testing.assert_array_equal(rgba[..., 1], la[..., 0])
+    np.testing.assert_array_equal(rgba[..., 3], la[..., 1])

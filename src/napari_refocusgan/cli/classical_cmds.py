@@ -11,7 +11,7 @@ from ..core import classical
 from ..core import focus_stacking as fs
 from ..core.errors import RefocusError
 from ..core.focus import FOCUS_MEASURES, SMLParams
-from ..core.imaging import as_rgb, from_float, read_image, write_image
+from ..core.imaging import as_rgb, check_output_path, from_float, read_image, write_image
 from ..core.inference import pick_device
 
 
@@ -91,7 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_classical(args: argparse.Namespace) -> int:
-    img = as_rgb(read_image(args.image), name=args.image)
+    raw = read_image(args.image)
+    out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=(args.image,))
+    img = as_rgb(raw, name=args.image)
     method = args.method
     if method == "sharpen":
         params = dict(size=args.kernel_size, amount=args.sharpen_amount)
@@ -111,13 +113,18 @@ def cmd_classical(args: argparse.Namespace) -> int:
             params=SMLParams(window=args.sml_window),
         )
     out = classical.apply_classical(img.rgb, method, **params)
-    path = write_image(args.out, img.restore(out))
+    path = write_image(out_path, img.restore(out))
     print(f"wrote {path}: {method} {params}")
     return 0
 
 
 def cmd_blur_compare(args: argparse.Namespace) -> int:
-    img = as_rgb(read_image(args.image), name=args.image)
+    raw = read_image(args.image)
+    inputs = (args.image, args.radiance)
+    out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=inputs)
+    if args.sigma_map:
+        check_output_path(args.sigma_map, inputs=inputs, float_data=True)
+    img = as_rgb(raw, name=args.image)
     radiance = as_rgb(read_image(args.radiance), name=args.radiance)
     radii = bc.parse_radii(args.radii) if args.radii is not None else None
     result = bc.blur_and_compare(
@@ -129,7 +136,7 @@ def cmd_blur_compare(args: argparse.Namespace) -> int:
         kernel=args.kernel,
         device=pick_device(args.device),
     )
-    path = write_image(args.out, img.restore(result.refocused))
+    path = write_image(out_path, img.restore(result.refocused))
     print(f"wrote {path}: σ_max {result.sigma_max:.3g} px, σ range {result.sigma.min():.3g}..{result.sigma.max():.3g}")
     if args.sigma_map:
         print(f"wrote {write_image(args.sigma_map, result.sigma)}: defocus radius σ (px)")
@@ -141,6 +148,10 @@ def cmd_all_in_focus(args: argparse.Namespace) -> int:
     measures = [m.strip() for m in args.measures.split(",") if m.strip()]
     if not measures:
         raise RefocusError("--measures is empty; name at least one focus measure.")
+    dtype = stack.dtype if stack.dtype in (np.uint8, np.uint16) else np.float32
+    out_path = check_output_path(args.out, dtype=dtype, shape=stack.shape[1:], inputs=(args.stack,))
+    if args.depth:
+        check_output_path(args.depth, inputs=(args.stack,), float_data=True)
     aif, depth = fs.all_in_focus(
         stack,
         measures=measures,
@@ -149,8 +160,7 @@ def cmd_all_in_focus(args: argparse.Namespace) -> int:
         rgb=False if args.gray else None,
         device=pick_device(args.device),
     )
-    dtype = stack.dtype if stack.dtype in (np.uint8, np.uint16) else np.float32
-    path = write_image(args.out, from_float(aif, dtype))
+    path = write_image(out_path, from_float(aif, dtype))
     print(f"wrote {path}: all-in-focus of {stack.shape[0]} slices, {aif.shape}")
     if args.depth:
         print(f"wrote {write_image(args.depth, depth)}: depth index 0..{stack.shape[0] - 1}")

@@ -9,10 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import RefocusError
-from ..core.imaging import read_image, write_image
-
-OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-
+from ..core.imaging import TIFF_SUFFIXES, check_output_path, read_image, write_image
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("deblur", help="all-in-focus radiance of an image with the deblurring network (G1)")
@@ -61,24 +58,12 @@ def _read_input(path: str) -> np.ndarray:
     return image
 
 
-def _check_output(path: str, image_dtype: np.dtype) -> Path:
-    out = Path(path)
-    if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise RefocusError(f"output {out} must end in one of {', '.join(OUTPUT_SUFFIXES)}.")
-    if out.is_dir():
-        raise RefocusError(f"output {out} is a folder; give a file name.")
-    if image_dtype.kind == "f" and out.suffix.lower() not in (".tif", ".tiff"):
+def _check_output(path: str, image: np.ndarray, inputs: tuple[str | None, ...]) -> Path:
+    """The output path, checked before any work (the result has the input's dtype and shape)."""
+    out = check_output_path(path, dtype=image.dtype, shape=image.shape, inputs=inputs)
+    if image.dtype.kind == "f" and out.suffix.lower() not in TIFF_SUFFIXES:
         print(f"note: float input is written as 8-bit {out.suffix}; use .tif to keep float32", file=sys.stderr)
-    if image_dtype == np.uint16 and out.suffix.lower() in (".jpg", ".jpeg"):
-        raise RefocusError("JPEG cannot hold 16-bit images; write .png or .tif to keep 16 bits.")
     return out
-
-
-def _write(out: Path, result: np.ndarray) -> Path:
-    try:
-        return write_image(out, result)
-    except OSError as exc:
-        raise RefocusError(f"cannot write {out}: {exc}") from exc
 
 
 class _ProgressBar:
@@ -110,7 +95,7 @@ def cmd_deblur(args: argparse.Namespace) -> int:
     from ..core.weights import load_generator
 
     image = _read_input(args.image)
-    out = _check_output(args.out, image.dtype)
+    out = _check_output(args.out, image, (args.image,))
     device = pick_device(args.device)
     model = load_generator(args.weights, device, role="deblur")
     bar = _ProgressBar("deblur")
@@ -118,7 +103,7 @@ def cmd_deblur(args: argparse.Namespace) -> int:
         result = deblur(image, model, progress=bar, **_run_kwargs(args, device))
     finally:
         bar.close()
-    _write(out, result)
+    write_image(out, result)
     print(f"wrote {out}: {result.shape} {result.dtype}, deblurred with {model.describe()} on {device}")
     return 0
 
@@ -128,7 +113,7 @@ def cmd_refocus(args: argparse.Namespace) -> int:
     from ..core.weights import load_generator
 
     image = _read_input(args.image)
-    out = _check_output(args.out, image.dtype)
+    out = _check_output(args.out, image, (args.image, args.radiance))
     device = pick_device(args.device)
     model = load_generator(args.weights, device, role="refocus")
     delta = check_delta(model, args.delta)  # before any slow work
@@ -144,7 +129,7 @@ def cmd_refocus(args: argparse.Namespace) -> int:
                          **_run_kwargs(args, device))  # fmt: skip
     finally:
         bar.close()
-    _write(out, result)
+    write_image(out, result)
     via = "given radiance" if radiance is not None else (deblur_model.describe() if deblur_model else "no radiance")
     print(f"wrote {out}: {result.shape} {result.dtype}, δ = {delta:+g} with {model.describe()} ({via}) on {device}")
     return 0

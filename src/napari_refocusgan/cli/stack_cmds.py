@@ -10,7 +10,7 @@ import numpy as np
 from ..core.errors import RefocusError
 from ..core.focalstack import StackConfig, centre_view, focal_stack, parse_keep
 from ..core.focus import SMLParams, sml
-from ..core.imaging import from_float, read_image, write_image
+from ..core.imaging import check_output_path, from_float, read_image, write_image
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,9 +61,9 @@ def cmd_focal_stack(args: argparse.Namespace) -> int:
     from ..core.lightfield import read_lightfield
 
     cfg, auto = stack_config(args)  # bad options fail before any reading
+    out = check_output_path(args.out, inputs=(args.path,), float_data=True)
     device = pick_device(args.device)
     lf = read_lightfield(args.path, views=cfg.views)  # only the central views: bounds ESLF memory
-    out = Path(args.out)
     if lf.views is not None:
         stack, slopes, cfg = focal_stack(lf.views, cfg, keep_auto=auto, device=device)
         write_image(out, stack.astype(np.float32))
@@ -80,8 +80,9 @@ def cmd_focal_stack(args: argparse.Namespace) -> int:
 
 def cmd_sml(args: argparse.Namespace) -> int:
     image = read_image(args.image)
+    out = check_output_path(args.out, inputs=(args.image,), float_data=True)
     m = sml(image, sml_params(args))
-    out = write_image(args.out, m)
+    write_image(out, m)
     print(f"wrote {out}: SML {m.shape}, range {m.min():.4g}..{m.max():.4g}")
     return 0
 
@@ -98,6 +99,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..core.synthetic import sample_scene
     from ..core.weights import load_generator
 
+    device = pick_device(args.device)  # a bad device fails before anything is written
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scene = sample_scene()
@@ -112,7 +114,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
 
-    device = pick_device(args.device)
     g1 = load_generator(None, device, role="deblur")
     g2 = load_generator(None, device, role="refocus")
     k = DEMO_INPUT_SLICE

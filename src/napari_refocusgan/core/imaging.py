@@ -5,6 +5,7 @@ Arrays handed around the core are float32, channels last, values in [0, 1].
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,8 @@ def to_float(image: np.ndarray, *, name: str = "image") -> np.ndarray:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
         info = np.iinfo(arr.dtype)
-        if info.min < 0:
-            raise RefocusError(f"{name} has signed integer dtype {arr.dtype}; expected uint8, uint16 or float.")
+        if info.min < 0 or arr.dtype.itemsize > 2:  # 32/64-bit counts have no conventional full scale
+            raise RefocusError(f"{name} has integer dtype {arr.dtype}; expected uint8, uint16 or float.")
         return arr.astype(np.float32) / np.float32(info.max)
     if np.issubdtype(arr.dtype, np.floating):
         check_float_range(arr, name=name)
@@ -106,7 +107,11 @@ def luminance(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file (PNG, JPEG, TIFF, …) as stored, with a clear error for missing or corrupt files."""
+    """Read an image file (PNG, JPEG, TIFF, …) as stored, with a clear error for missing or corrupt files.
+
+    Pixels come as they are shown: an EXIF orientation is applied, CMYK becomes RGB and gray + alpha
+    becomes RGBA (the tools take gray, RGB or RGBA).
+    """
     path = Path(path)
     if not path.exists():
         raise RefocusError(f"{path} does not exist.")
@@ -120,8 +125,14 @@ def read_image(path: str | Path) -> np.ndarray:
         if _is_16bit_colour_png(path):  # Pillow silently reads these as 8-bit; FFmpeg keeps 16 bits
             return _read_16bit_colour_png(path)
         import imageio.v3 as iio
+        from PIL import Image, UnidentifiedImageError
 
-        return iio.imread(path)
+        try:
+            with Image.open(path) as im:  # the header only
+                mode = {"CMYK": "RGB", "LA": "RGBA", "La": "RGBA", "PA": "RGBA"}.get(im.mode)
+        except UnidentifiedImageError:  # not a Pillow format: imageio finds a plugin
+            return iio.imread(path)
+        return iio.imread(path, plugin="pillow", mode=mode, rotate=True)
     except Exception as exc:  # decoders raise many types; all mean "not a readable image"
         raise RefocusError(f"Cannot read {path} as an image: {exc}") from exc
 
@@ -141,19 +152,88 @@ def _read_16bit_colour_png(path: Path) -> np.ndarray:
         return frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")
 
 
+def _write_16bit_colour_png(path: Path, image: np.ndarray) -> None:
+    """Pillow cannot write 16-bit RGB(A) PNGs; FFmpeg's PNG encoder can."""
+    import av
+
+    alpha = image.shape[-1] == 4
+    # update=1: one file under exactly this name ('%d' in a name would otherwise be a frame-number pattern)
+    with av.open(str(path), "w", format="image2", options={"update": "1"}) as container:
+        stream = container.add_stream("png", rate=1)
+        stream.width, stream.height = image.shape[1], image.shape[0]
+        stream.pix_fmt = "rgba64be" if alpha else "rgb48be"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgba64le" if alpha else "rgb48le")
+        for packet in (*stream.encode(frame), *stream.encode()):
+            container.mux(packet)
+
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+OUTPUT_SUFFIXES = (".png", *TIFF_SUFFIXES, ".jpg", ".jpeg")
+
+
+def check_output_path(
+    path: str | Path,
+    *,
+    dtype: np.dtype = np.dtype(np.float32),
+    shape: tuple[int, ...] = (),
+    inputs: tuple[str | Path | None, ...] = (),
+    float_data: bool = False,
+) -> Path:
+    """Refuse, before any work, an output that :func:`write_image` could not write as asked: an unknown
+    suffix, a folder, one of the ``inputs``, a stack or float data (``float_data``: SML maps, focal stacks)
+    in anything but TIFF, 16 bits or alpha in JPEG. ``dtype``/``shape``: the result's, as written."""
+    out = Path(path)
+    suffix = out.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise RefocusError(f"output {out} must end in one of {', '.join(OUTPUT_SUFFIXES)}.")
+    if out.is_dir():
+        raise RefocusError(f"output {out} is a folder; give a file name.")
+    if any(i is not None and out.exists() and Path(i).exists() and out.samefile(i) for i in inputs):
+        raise RefocusError(f"output {out} is an input file; write the result under another name.")
+    if suffix in TIFF_SUFFIXES:
+        return out
+    if float_data:
+        raise RefocusError(f"this result is float32 data; write it as .tif ({suffix} would round it to 8 bits).")
+    dtype = np.dtype(dtype)
+    single = len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4))
+    if not single:
+        raise RefocusError(f"a result of shape {tuple(shape)} is a stack; write it as .tif.")
+    if suffix in (".jpg", ".jpeg"):
+        if dtype == np.uint16:
+            raise RefocusError("JPEG cannot hold 16-bit images; write .png or .tif to keep 16 bits.")
+        if len(shape) == 3 and shape[-1] == 4:
+            raise RefocusError("JPEG cannot hold an alpha channel; write .png or .tif to keep it.")
+    return out
+
+
 def write_image(path: str | Path, image: np.ndarray) -> Path:
-    """Write ``image``: TIFF keeps any dtype (float32 stacks); PNG/JPEG need uint8/uint16."""
+    """Write ``image``: TIFF keeps any dtype (float32 stacks); PNG/JPEG need uint8/uint16 (floats are
+    written as 8 bits). The file appears whole or not at all: written beside it, then renamed over it, so a
+    failure never truncates an existing file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    suffix = path.suffix.lower()
+    # the same suffix, so that each writer picks the format from the name
+    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
 
-        photometric = "rgb" if image.ndim >= 3 and image.shape[-1] in (3, 4) else "minisblack"
-        tifffile.imwrite(path, image, photometric=photometric)
-    else:
-        import imageio.v3 as iio
+            photometric = "rgb" if image.ndim >= 3 and image.shape[-1] in (3, 4) else "minisblack"
+            tifffile.imwrite(partial, image, photometric=photometric)
+        else:
+            if image.dtype not in (np.uint8, np.uint16):
+                image = from_float(image, np.uint8)
+            if image.dtype == np.uint16 and image.ndim == 3 and image.shape[-1] in (3, 4) and suffix == ".png":
+                _write_16bit_colour_png(partial, image)
+            else:
+                import imageio.v3 as iio
 
-        if image.dtype not in (np.uint8, np.uint16):
-            image = from_float(image, np.uint8)
-        iio.imwrite(path, image)
+                iio.imwrite(partial, image, extension=path.suffix)
+        os.replace(partial, path)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, Exception):  # writers raise many types (Pillow a TypeError for unsupported modes)
+            raise RefocusError(f"cannot write {path}: {exc}") from exc
+        raise
     return path

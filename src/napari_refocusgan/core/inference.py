@@ -413,7 +413,7 @@ def _settings(device, tile, margin, precision) -> RunSettings:
 def _layout(image, rgb: bool | None, name: str) -> tuple[np.ndarray, list[tuple], tuple[int, int]]:
     """Validate ``image`` and list its 2-D slices: (array, slice indices, (H, W))."""
     arr = np.asarray(image)
-    if arr.dtype.kind not in "uif" or (arr.dtype.kind == "i"):
+    if arr.dtype.kind not in "uf" or arr.dtype.itemsize > 2 and arr.dtype.kind == "u":
         raise RefocusError(f"{name} has dtype {arr.dtype}; expected uint8, uint16 or float.")
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")
