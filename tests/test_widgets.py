@@ -957,6 +957,18 @@ def test_focus_stacking_widget_offers_stacks_first(viewer):
     assert list(widget._stack.choices)[1:] == [viewer.layers[ALL_IN_FOCUS_NAME], viewer.layers[DISPARITY_NAME]]
 
 
+def test_focus_stacking_widget_picks_a_stack_added_after_it_opened_until_the_user_chooses(viewer):
+    widget = dock(viewer, "Focus stacking")
+    flat = viewer.add_image(np.zeros((16, 16), np.float32), name="flat")
+    assert widget._stack.value is flat  # the only choice
+    stack = viewer.add_image(np.zeros((3, 16, 16), np.float32), name="stack")
+    assert widget._stack.value is stack
+    widget._stack.value = flat
+    widget._stack.native.activated.emit(1)  # the user picks an entry
+    viewer.add_image(np.zeros((4, 16, 16), np.float32), name="another stack")
+    assert widget._stack.value is flat
+
+
 @pytest.mark.parametrize(
     ("shape", "rgb", "expected"),
     [((2, 2, 16, 16, 3), True, "expected a colour"), ((16, 16), False, "expected a gray"), ((1, 16, 16), False, "at least 2 slices")],

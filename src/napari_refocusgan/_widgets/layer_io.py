@@ -39,7 +39,30 @@ def image_layer_combo(
         return ([(none_label, None)] if optional else []) + [(layer.name, layer) for layer in layers]
 
     # Not `nullable`: that would add magicgui's own "-----" entry next to ours.
-    return ComboBox(label=label, choices=choices, tooltip=tooltip)
+    combo = ComboBox(label=label, choices=choices, tooltip=tooltip)
+    if prefer is not None:
+        _keep_a_preferred_choice(combo, prefer)
+    return combo
+
+
+def _keep_a_preferred_choice(combo: ComboBox, prefer: Callable[[Image], bool]) -> None:
+    """Until the user picks an entry, select a preferred layer whenever the choices are reset: magicgui
+    keeps the current value, so the first layer added would stay chosen (a sample's all-in-focus view
+    rather than its focal stack, added after it). A user's pick (Qt's ``activated``) is never overridden."""
+    picked: list[bool] = []
+    combo.native.activated.connect(lambda *_: picked.append(True))
+    reset = combo.reset_choices
+
+    def reset_and_prefer(*args: Any) -> None:
+        reset(*args)
+        current = combo.value
+        if picked or (current is not None and prefer(current)):
+            return
+        first = next((layer for layer in combo.choices if layer is not None and prefer(layer)), None)
+        if first is not None:
+            combo.value = first
+
+    combo.reset_choices = reset_and_prefer
 
 
 def follow_layer_list(viewer, widget: Container) -> None:
