@@ -188,3 +188,14 @@ def test_outputs_that_cannot_be_written_fail_before_the_work_and_leave_files_alo
     assert not any(p.name.startswith(".") for p in d.iterdir())  # no partial files left behind
     for name in ("s.png", "w.tif", "sml.png", "fs.png", "c", "b.png"):
         assert not (d / name).exists(), name
+
+
+def test_gray_with_a_channel_axis_writes_png_and_two_outputs_must_differ(files, capsys):
+    d = files["dir"]
+    gray = d / "gray1.tif"
+    tifffile.imwrite(gray, (np.arange(40 * 48) % 251).astype(np.uint8).reshape(40, 48, 1))
+    assert main(["classical", str(gray), "--method", "unsharp", "-o", str(d / "g.png")]) == 0
+    png = str(files["png"])
+    argv = ["blur-compare", png, "--radiance", png, "-o", str(d / "x.tif"), "--sigma-map", str(d / "x.tif")]
+    assert main(argv) == 2
+    assert "another output" in capsys.readouterr().err

@@ -122,3 +122,42 @@ def test_images_are_read_as_shown_cmyk_exif_orientation_and_gray_alpha(tmp_path)
     np.testing.assert_array_equal(rgba[..., 0], la[..., 0])
     np.testing.assert_array_equal(rgba[..., 1], la[..., 0])
     np.testing.assert_array_equal(rgba[..., 3], la[..., 1])
+
+
+def test_writing_keeps_symlinks_permissions_and_works_for_long_and_odd_names(tmp_path, monkeypatch):
+    img = np.zeros((4, 5), np.uint8)
+    real = write_image(tmp_path / "real.png", img)
+    link = tmp_path / "link.png"
+    link.symlink_to(real)
+    real.chmod(0o600)
+    write_image(link, img + 9)
+    assert link.is_symlink() and (real.stat().st_mode & 0o777) == 0o600
+    np.testing.assert_array_equal(read_image(real), img + 9)
+
+    fresh = write_image(tmp_path / "fresh.tif", img)
+    assert (fresh.stat().st_mode & 0o777) == 0o666 & ~_umask()
+    long_name = tmp_path / ("x" * 240 + ".png")
+    np.testing.assert_array_equal(read_image(write_image(long_name, img)), img)
+    monkeypatch.chdir(tmp_path)
+    colour16 = np.full((4, 5, 3), 40000, np.uint16)
+    np.testing.assert_array_equal(read_image(write_image("a:b.png", colour16)), colour16)  # not an FFmpeg protocol
+    assert not any(p.name.startswith(".rg-") for p in tmp_path.iterdir())
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_focal_stack_overshoot_is_accepted_and_clipped():
+    """Cubic shift-and-sum of [0, 1] views stays within [-0.282, 1.266]: the tools take such stacks."""
+    from napari_refocusgan.core.focus_stacking import all_in_focus
+
+    rng = np.random.default_rng(8)
+    stack = rng.random((3, 24, 24)).astype(np.float32) * 1.5 - 0.25  # -0.25 … 1.25
+    aif, _ = all_in_focus(stack)
+    assert 0.0 <= aif.min() and aif.max() <= 1.0
+    np.testing.assert_array_equal(to_float(stack), np.clip(stack, 0, 1))

@@ -123,7 +123,7 @@ def cmd_blur_compare(args: argparse.Namespace) -> int:
     inputs = (args.image, args.radiance)
     out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=inputs)
     if args.sigma_map:
-        check_output_path(args.sigma_map, inputs=inputs, float_data=True)
+        check_output_path(args.sigma_map, inputs=(*inputs, out_path), float_data=True)
     img = as_rgb(raw, name=args.image)
     radiance = as_rgb(read_image(args.radiance), name=args.radiance)
     radii = bc.parse_radii(args.radii) if args.radii is not None else None
@@ -151,7 +151,7 @@ def cmd_all_in_focus(args: argparse.Namespace) -> int:
     dtype = stack.dtype if stack.dtype in (np.uint8, np.uint16) else np.float32
     out_path = check_output_path(args.out, dtype=dtype, shape=stack.shape[1:], inputs=(args.stack,))
     if args.depth:
-        check_output_path(args.depth, inputs=(args.stack,), float_data=True)
+        check_output_path(args.depth, inputs=(args.stack, out_path), float_data=True)
     aif, depth = fs.all_in_focus(
         stack,
         measures=measures,

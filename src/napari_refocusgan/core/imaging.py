@@ -5,7 +5,10 @@ Arrays handed around the core are float32, channels last, values in [0, 1].
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +17,10 @@ import numpy as np
 from .errors import RefocusError
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
-FLOAT_RANGE_SLACK = 0.05  # float input may overshoot [0, 1] by this much (then it is clipped)
+# Float input may overshoot [0, 1] by this much (then it is clipped): a focal stack's cubic (Keys) shift-and-sum
+# of [0, 1] views stays within [-0.282, 1.266] (the sums of the 2-D kernel's negative and positive weights at
+# half-pixel shifts), while a 0..255 or signed image lies far outside.
+FLOAT_RANGE_SLACK = 0.3
 
 
 def check_float_range(arr: np.ndarray, *, name: str = "image") -> None:
@@ -146,7 +152,7 @@ def _is_16bit_colour_png(path: Path) -> bool:
 def _read_16bit_colour_png(path: Path) -> np.ndarray:
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(str(path.absolute())) as container:  # absolute: FFmpeg reads "a:b.png" as protocol "a"
         frame = next(container.decode(video=0))
         has_alpha = "a" in frame.format.name
         return frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")
@@ -158,7 +164,7 @@ def _write_16bit_colour_png(path: Path, image: np.ndarray) -> None:
 
     alpha = image.shape[-1] == 4
     # update=1: one file under exactly this name ('%d' in a name would otherwise be a frame-number pattern)
-    with av.open(str(path), "w", format="image2", options={"update": "1"}) as container:
+    with av.open(str(path.absolute()), "w", format="image2", options={"update": "1"}) as container:
         stream = container.add_stream("png", rate=1)
         stream.width, stream.height = image.shape[1], image.shape[0]
         stream.pix_fmt = "rgba64be" if alpha else "rgb48be"
@@ -180,22 +186,23 @@ def check_output_path(
     float_data: bool = False,
 ) -> Path:
     """Refuse, before any work, an output that :func:`write_image` could not write as asked: an unknown
-    suffix, a folder, one of the ``inputs``, a stack or float data (``float_data``: SML maps, focal stacks)
-    in anything but TIFF, 16 bits or alpha in JPEG. ``dtype``/``shape``: the result's, as written."""
+    suffix, a folder, one of the ``inputs`` (the command's input files and its other outputs), a stack or
+    float data (``float_data``: SML maps, focal stacks) in anything but TIFF, 16 bits or alpha in JPEG.
+    ``dtype``/``shape``: the result's, as written."""
     out = Path(path)
     suffix = out.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
         raise RefocusError(f"output {out} must end in one of {', '.join(OUTPUT_SUFFIXES)}.")
     if out.is_dir():
         raise RefocusError(f"output {out} is a folder; give a file name.")
-    if any(i is not None and out.exists() and Path(i).exists() and out.samefile(i) for i in inputs):
-        raise RefocusError(f"output {out} is an input file; write the result under another name.")
+    if any(i is not None and Path(i).resolve() == out.resolve() for i in inputs):
+        raise RefocusError(f"output {out} is an input file or another output; write the result under another name.")
     if suffix in TIFF_SUFFIXES:
         return out
     if float_data:
         raise RefocusError(f"this result is float32 data; write it as .tif ({suffix} would round it to 8 bits).")
     dtype = np.dtype(dtype)
-    single = len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4))
+    single = len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))
     if not single:
         raise RefocusError(f"a result of shape {tuple(shape)} is a stack; write it as .tif.")
     if suffix in (".jpg", ".jpeg"):
@@ -208,32 +215,61 @@ def check_output_path(
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:
     """Write ``image``: TIFF keeps any dtype (float32 stacks); PNG/JPEG need uint8/uint16 (floats are
-    written as 8 bits). The file appears whole or not at all: written beside it, then renamed over it, so a
-    failure never truncates an existing file."""
+    written as 8 bits).
+
+    The file appears whole or not at all: it is written beside the target (through a symlink, beside the
+    file it points to) and renamed over it, keeping an existing file's permissions. Where no file can be
+    made beside it (a read-only folder), it is written in place.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    target = Path(os.path.realpath(path))
+    try:
+        partial = _new_partial_file(target)
+    except OSError:
+        _write_file(target, image, path)
+        return path
+    try:
+        if target.exists():
+            shutil.copymode(target, partial)
+        _write_file(partial, image, path)
+        os.replace(partial, target)
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    return path
+
+
+def _new_partial_file(target: Path) -> Path:
+    """An empty new file beside ``target``: a short hidden name (long target names stay valid) with the same
+    suffix (each writer picks the format by it), with the permissions a new file gets (umask)."""
+    for _ in range(100):
+        partial = target.with_name(f".rg-{secrets.token_hex(4)}{target.suffix}")
+        try:
+            os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return partial
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
+def _write_file(path: Path, image: np.ndarray, shown: Path) -> None:
+    """Write ``image`` to ``path`` in the format of its suffix; errors name ``shown`` (the user's path)."""
     suffix = path.suffix.lower()
-    # the same suffix, so that each writer picks the format from the name
-    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
             photometric = "rgb" if image.ndim >= 3 and image.shape[-1] in (3, 4) else "minisblack"
-            tifffile.imwrite(partial, image, photometric=photometric)
+            tifffile.imwrite(path, image, photometric=photometric)
+            return
+        if image.dtype not in (np.uint8, np.uint16):
+            image = from_float(image, np.uint8)
+        if image.dtype == np.uint16 and image.ndim == 3 and image.shape[-1] in (3, 4) and suffix == ".png":
+            _write_16bit_colour_png(path, image)
         else:
-            if image.dtype not in (np.uint8, np.uint16):
-                image = from_float(image, np.uint8)
-            if image.dtype == np.uint16 and image.ndim == 3 and image.shape[-1] in (3, 4) and suffix == ".png":
-                _write_16bit_colour_png(partial, image)
-            else:
-                import imageio.v3 as iio
+            import imageio.v3 as iio
 
-                iio.imwrite(partial, image, extension=path.suffix)
-        os.replace(partial, path)
-    except BaseException as exc:
-        partial.unlink(missing_ok=True)
-        if isinstance(exc, Exception):  # writers raise many types (Pillow a TypeError for unsupported modes)
-            raise RefocusError(f"cannot write {path}: {exc}") from exc
-        raise
-    return path
+            iio.imwrite(path, image, extension=suffix)
+    except Exception as exc:  # writers raise many types (Pillow a TypeError for unsupported modes)
+        raise RefocusError(f"cannot write {shown}: {exc}") from exc
