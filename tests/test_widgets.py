@@ -304,14 +304,9 @@ def test_threaded_task_reports_progress_and_stops_on_cancel(make_napari_viewer, 
     assert not runner._cancel_button.enabled
 
 
-def test_closing_the_widget_cancels_its_task_and_nothing_writes_to_it_after(make_napari_viewer, qtbot, notes):
-    """Closing a widget (or the viewer) mid-run cancels the task; when the worker ends, nothing touches the
-    deleted Qt widgets (an exception in that slot would abort the whole process under PyQt)."""
-    make_napari_viewer()
-    runner = workers.TaskRunner(synchronous=False)
-    started, saw_cancel = threading.Event(), threading.Event()
-    applied, statuses = [], []
-    runner.finished.connect(statuses.append)
+def runs_until_cancelled(started: threading.Event, saw_cancel: threading.Event):
+    """A task that reports progress until it is cancelled (about 20 s at most), and says when it started and
+    when it saw the cancel."""
 
     def task(progress, cancel):
         started.set()
@@ -323,7 +318,19 @@ def test_closing_the_widget_cancels_its_task_and_nothing_writes_to_it_after(make
             time.sleep(0.005)
         return "finished"
 
-    worker = runner.run(task, applied.append, description="Long job")
+    return task
+
+
+def test_closing_the_widget_cancels_its_task_and_nothing_writes_to_it_after(make_napari_viewer, qtbot, notes):
+    """Closing a widget (or the viewer) mid-run cancels the task; when the worker ends, nothing touches the
+    deleted Qt widgets (an exception in that slot would abort the whole process under PyQt)."""
+    make_napari_viewer()
+    runner = workers.TaskRunner(synchronous=False)
+    started, saw_cancel = threading.Event(), threading.Event()
+    applied, statuses = [], []
+    runner.finished.connect(statuses.append)
+
+    worker = runner.run(runs_until_cancelled(started, saw_cancel), applied.append, description="Long job")
     assert started.wait(10)
     finished = threading.Event()
     worker.finished.connect(finished.set)
@@ -334,6 +341,25 @@ def test_closing_the_widget_cancels_its_task_and_nothing_writes_to_it_after(make
     qtbot.wait(50)  # let queued progress reports arrive at the deleted widget
     assert applied == [] and statuses == []
     assert notes.errors() == []
+
+
+def test_closing_the_dock_panel_cancels_the_task(make_napari_viewer, qtbot, notes):
+    """napari closes a plugin panel by taking the widget out of its dock, not by destroying it."""
+    from magicgui.widgets import Container
+
+    viewer = make_napari_viewer()
+    runner = workers.TaskRunner(synchronous=False)
+    panel = Container(widgets=[runner])
+    dock_widget = viewer.window.add_dock_widget(panel, name="job")
+    started, saw_cancel = threading.Event(), threading.Event()
+    applied = []
+
+    runner.run(runs_until_cancelled(started, saw_cancel), applied.append, description="Long job")
+    assert started.wait(10)
+    viewer.window.remove_dock_widget(dock_widget)  # what the panel's close button calls
+    assert saw_cancel.wait(10)
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
+    assert runner.last_status == "cancelled" and applied == []
 
 
 def test_napari_status_bar_cancel_stops_the_task_too(make_napari_viewer, qtbot, notes):
@@ -806,6 +832,39 @@ def test_classical_widget_methods_match_core(viewer, notes):
     assert notes.errors() == []
 
 
+def test_classical_widget_refuses_a_stack_not_shown_as_its_last_two_axes(viewer, notes):
+    stack = viewer.add_image(np.random.default_rng(3).random((4, 20, 24)).astype(np.float32), name="z")
+    widget = dock(viewer, "Classical")
+    widget._image.value = stack
+    widget._method.value = "sharpen"
+    for setup in (lambda: setattr(viewer.dims, "order", (2, 0, 1)), lambda: setattr(viewer.dims, "ndisplay", 3)):
+        viewer.dims.order, viewer.dims.ndisplay = (0, 1, 2), 2
+        setup()
+        widget._run_button.clicked()
+        assert "2-D view of its last two axes" in notes.errors()[-1]
+    assert [lay.name for lay in viewer.layers] == ["z"]
+
+
+def test_a_name_taken_by_another_inputs_output_gets_a_new_layer(viewer, notes):
+    """Input "a" renamed to "b", then a new "a": each keeps its own output layer."""
+    first = viewer.add_image(textured_image(1), name="a", rgb=True)
+    widget = dock(viewer, "Classical")
+    widget._method.value = "sharpen"
+    widget._image.value = first
+    widget._run_button.clicked()
+    first_out = viewer.layers["a sharpen"]
+    first.name = "b"
+    second = viewer.add_image(textured_image(2), name="a", rgb=True)
+    widget._image.value = second
+    widget._run_button.clicked()
+    assert first_out.metadata["source"] == "a" and first_out in viewer.layers
+    (second_out,) = [lay for lay in viewer.layers if lay.metadata.get("source") == "a" and lay is not first_out]
+    widget._image.value = first
+    widget._run_button.clicked()
+    assert first_out.metadata["source"] == "b" and second_out.metadata["source"] == "a"
+    assert len(viewer.layers) == 4 and notes.errors() == []
+
+
 def test_classical_widget_keeps_gray_gray(viewer):
     from napari_refocusgan.core.classical import clahe
 
@@ -963,10 +1022,11 @@ def test_focus_stacking_widget_picks_a_stack_added_after_it_opened_until_the_use
     assert widget._stack.value is flat  # the only choice
     stack = viewer.add_image(np.zeros((3, 16, 16), np.float32), name="stack")
     assert widget._stack.value is stack
-    widget._stack.value = flat
-    widget._stack.native.activated.emit(1)  # the user picks an entry
+    widget._stack.value = flat  # the user (or a script) picks an entry
     viewer.add_image(np.zeros((4, 16, 16), np.float32), name="another stack")
     assert widget._stack.value is flat
+    viewer.layers.remove(flat)
+    assert widget._stack.value is stack  # the pick is gone: a stack again
 
 
 @pytest.mark.parametrize(

@@ -46,21 +46,33 @@ def image_layer_combo(
 
 
 def _keep_a_preferred_choice(combo: ComboBox, prefer: Callable[[Image], bool]) -> None:
-    """Until the user picks an entry, select a preferred layer whenever the choices are reset: magicgui
-    keeps the current value, so the first layer added would stay chosen (a sample's all-in-focus view
-    rather than its focal stack, added after it). A user's pick (Qt's ``activated``) is never overridden."""
-    picked: list[bool] = []
-    combo.native.activated.connect(lambda *_: picked.append(True))
+    """Until the user (or a script) picks an entry, select a preferred layer whenever the choices are reset:
+    magicgui keeps the current value, so the first layer added would stay chosen (a sample's all-in-focus
+    view rather than its focal stack, added after it). A pick holds while its layer is offered."""
+    choosing: list[bool] = []  # non-empty while this function changes the value
+    picked: list[Any] = []  # the layer the user (or a script) chose, while it is still offered
+
+    def on_changed(value: Any) -> None:
+        if not choosing:
+            picked[:] = [value]
+
+    combo.changed.connect(on_changed)
     reset = combo.reset_choices
 
     def reset_and_prefer(*args: Any) -> None:
-        reset(*args)
-        current = combo.value
-        if picked or (current is not None and prefer(current)):
-            return
-        first = next((layer for layer in combo.choices if layer is not None and prefer(layer)), None)
-        if first is not None:
-            combo.value = first
+        choosing.append(True)
+        try:
+            reset(*args)
+            if picked and not any(layer is picked[0] for layer in combo.choices):
+                picked.clear()  # the chosen layer is gone: prefer again
+            current = combo.value
+            if picked or (current is not None and prefer(current)):
+                return
+            first = next((layer for layer in combo.choices if layer is not None and prefer(layer)), None)
+            if first is not None:
+                combo.value = first
+        finally:
+            choosing.pop()
 
     combo.reset_choices = reset_and_prefer
 
@@ -121,7 +133,13 @@ def displayed_image(viewer, layer: Image) -> tuple[np.ndarray, tuple[int, ...]]:
         raise RefocusError(f"layer {layer.name!r} has shape {layer.data.shape}; expected a 2-D gray or colour image.")
     if lead == 0:
         return layer_data_copy(layer), ()
-    position = layer.world_to_data(viewer.dims.point[-layer.ndim :])
+    dims = viewer.dims
+    if dims.ndisplay != 2 or tuple(dims.displayed) != (dims.ndim - 2, dims.ndim - 1):
+        raise RefocusError(
+            f"layer {layer.name!r} is a stack: this tool takes the slice on screen, which needs the 2-D view of "
+            "its last two axes (toggle 2D/3D, and roll or transpose the axes back)."
+        )
+    position = layer.world_to_data(dims.point[-layer.ndim :])
     index = tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position[:lead], layer.data.shape[:lead]))
     return np.array(layer.data[index], copy=True), index
 
@@ -140,17 +158,18 @@ def show_image(
     rgb: bool = False,
     on_new: Callable[[Image], None] | None = None,
     target: Image | None = None,
+    new_layer: bool = False,
     **layer_kwargs: Any,
 ) -> Image:
     """Put ``data`` into the image layer ``target`` if it is still in the viewer (keeping its current name),
-    else into the layer called ``name``: updated in place if it exists, added otherwise.
+    else into the layer called ``name``: updated in place if it exists (and not ``new_layer``), added otherwise.
 
     The layer's metadata is replaced by ``metadata`` (what made this result). An existing layer whose
     kind does not fit (not an image, RGB vs gray, other dimensionality) is replaced at the same position.
     """
     view_ndim = data.ndim - (1 if rgb else 0)
     existing = target if target is not None and target in viewer.layers else None
-    if existing is None and name in viewer.layers:
+    if existing is None and name in viewer.layers and not new_layer:
         existing = viewer.layers[name]
     if existing is not None:
         if isinstance(existing, Image) and bool(existing.rgb) == rgb and existing.ndim == view_ndim:
@@ -187,13 +206,16 @@ class OutputLayers:
         self._made: dict[tuple[int, str], tuple[weakref.ref, weakref.ref]] = {}
 
     def show(self, source: Image, role: str, data: np.ndarray, *, name: str, **kwargs: Any) -> Image:
-        """:func:`show_image` into the layer made before for ``source`` and ``role``, else ``name``."""
+        """:func:`show_image` into the layer made before for ``source`` and ``role``, else ``name`` (unless
+        that layer is another input's output: then a new layer, which napari names uniquely)."""
         self._made = {k: v for k, v in self._made.items() if v[0]() is not None and v[1]() is not None}
         source = _unproxied(source)
         key = (id(source), role)
         made = self._made.get(key)
         target = made[1]() if made is not None and made[0]() is source else None
-        layer = show_image(self._viewer, data, name=name, target=target, **kwargs)
+        others = {id(out()) for src, out in self._made.values() if src() is not source}
+        taken = target is None and name in self._viewer.layers and id(_unproxied(self._viewer.layers[name])) in others
+        layer = show_image(self._viewer, data, name=name, target=target, new_layer=taken, **kwargs)
         self._made[key] = (weakref.ref(source), weakref.ref(_unproxied(layer)))
         return layer
 

@@ -9,6 +9,7 @@ quietly. Every failure becomes a napari notification; nothing propagates into th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QDockWidget, QWidget
 from superqt.utils import ensure_main_thread
 
 from ..core.errors import RefocusError
@@ -65,6 +68,30 @@ def error_message(exc: BaseException, description: str) -> str:
     return f"{description} failed: {type(exc).__name__}: {exc}"
 
 
+class _DockCloseWatcher(QObject):
+    """Cancels the task when the panel holding the widget is closed. napari 0.9 then takes the widget out of
+    its dock (``setParent(None)``) without destroying it while a worker still refers to it, so ``destroyed``
+    does not come."""
+
+    def __init__(self, cancel: Callable[[], None]):
+        super().__init__()
+        self._cancel = cancel
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+            self._cancel()
+        return False
+
+
+def _dock_content(widget: QWidget) -> QWidget | None:
+    """The ancestor of ``widget`` (or itself) that sits directly in a QDockWidget, if any."""
+    while widget.parentWidget() is not None:
+        if isinstance(widget.parentWidget(), QDockWidget):
+            return widget
+        widget = widget.parentWidget()
+    return None
+
+
 class TaskRunner(Container):
     """Progress bar + Cancel button that runs one task at a time for the widget that owns it.
 
@@ -92,6 +119,8 @@ class TaskRunner(Container):
         # PyQt aborts the whole process on an exception raised in a slot, such as "wrapped C/C++ object
         # has been deleted".
         self.native.destroyed.connect(self._on_destroyed)
+        self._dock_watcher = _DockCloseWatcher(self.request_cancel)
+        self._watched: QWidget | None = None
 
     def _on_destroyed(self, *_: Any) -> None:
         self._closed = True
@@ -122,6 +151,7 @@ class TaskRunner(Container):
             return None
         self._description = description
         self._cancel_event.clear()
+        self._watch_dock()
         self._set_running(True)
         synchronous = RUN_SYNCHRONOUSLY if self._synchronous is None else self._synchronous
         if synchronous:
@@ -140,6 +170,16 @@ class TaskRunner(Container):
         self.worker = worker
         worker.start()
         return worker
+
+    def _watch_dock(self) -> None:
+        """Watch the panel this widget is docked in now (docking happens after construction)."""
+        content = _dock_content(self.native)
+        if content is not None and content is not self._watched:
+            if self._watched is not None:
+                with contextlib.suppress(RuntimeError):  # that panel's widget may be gone
+                    self._watched.removeEventFilter(self._dock_watcher)
+            content.installEventFilter(self._dock_watcher)
+            self._watched = content
 
     def fail(self, exc: BaseException, *, description: str) -> None:
         """Report a problem found before a task could start (no layer chosen, wrong shape, …)."""
