@@ -111,7 +111,8 @@ def _instance_norm_channels_last(x: torch.Tensor, eps: float) -> torch.Tensor:
     with torch.autocast("cpu", enabled=False):  # float32 sums, also under bf16 autocast
         pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c).float()  # a view: channels are the fastest axis
         centred = pixels - pixels.mean(dim=1, keepdim=True)
-        var = centred.square().mean(dim=1, keepdim=True)
+        # squared in chunks of pixels: a whole-size temporary would add a plane of activations per norm
+        var = sum(chunk.square().sum(dim=1, keepdim=True) for chunk in centred.split(1 << 16, dim=1)) / (h * w)
         out = centred.mul_(var.add_(eps).rsqrt_())
     return out.to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2)
 
