@@ -435,3 +435,18 @@ def test_a_delta_change_reuses_the_encoder_and_blurs_and_gives_the_same_output(m
     g.load_state_dict(pristine.state_dict())  # new weights loaded into the same network
     refocus(img, -6.0, g, radiance=other, tile=0)
     assert len(encodes) == 4
+
+
+def test_images_too_large_for_the_delta_cache_give_the_same_output(monkeypatch):
+    import napari_refocusgan.core.inference as inf
+
+    g = make(refocus_config(ngf=4, n_blocks=1), seed=5)
+    for p in g.parameters():
+        torch.nn.init.normal_(p, 0, 0.05)
+    img, rad = textured(40, 44, seed=3), textured(40, 44, seed=4)
+    inf._delta_cache.clear()
+    cached = refocus(img, 2.5, g, radiance=rad, tile=0)
+    monkeypatch.setattr(inf, "DELTA_CACHE_MAX_PIXELS", 100)
+    inf._delta_cache.clear()
+    np.testing.assert_allclose(refocus(img, 2.5, g, radiance=rad, tile=0), cached, atol=1e-6)
+    assert not inf._delta_cache  # nothing kept for a large image

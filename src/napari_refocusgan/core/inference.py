@@ -575,7 +575,7 @@ DELTA_CACHE_MAX_PIXELS = 1 << 20
 
 def _delta_free_parts(generator, x, x_cpu, device, autocast, channels_last):
     if x.shape[-2] * x.shape[-1] > DELTA_CACHE_MAX_PIXELS:
-        return None, None
+        return _encode(generator, x, device, channels_last), None  # not kept: too large
     # the encoder's weights: where they live and their versions (in-place updates, load_state_dict, bump them)
     weights = tuple((p.data_ptr(), p._version) for p in (*generator.head.parameters(), *generator.down.parameters()))
     data = np.ascontiguousarray(x_cpu.numpy())
