@@ -54,7 +54,7 @@ def _keep_a_preferred_choice(combo: ComboBox, prefer: Callable[[Image], bool]) -
 
     def on_changed(value: Any) -> None:
         if not choosing:
-            picked[:] = [value]
+            picked[:] = [_unproxied(value)]  # napari's proxies are new objects at each access
 
     combo.changed.connect(on_changed)
     reset = combo.reset_choices
@@ -63,7 +63,7 @@ def _keep_a_preferred_choice(combo: ComboBox, prefer: Callable[[Image], bool]) -
         choosing.append(True)
         try:
             reset(*args)
-            if picked and not any(layer is picked[0] for layer in combo.choices):
+            if picked and not any(_unproxied(layer) is picked[0] for layer in combo.choices):
                 picked.clear()  # the chosen layer is gone: prefer again
             current = combo.value
             if picked or (current is not None and prefer(current)):
