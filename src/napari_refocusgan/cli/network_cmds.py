@@ -11,6 +11,7 @@ import numpy as np
 from ..core.errors import RefocusError
 from ..core.imaging import TIFF_SUFFIXES, check_output_path, read_image, write_image
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("deblur", help="all-in-focus radiance of an image with the deblurring network (G1)")
     p.add_argument("image", help="input image (PNG, JPEG, TIFF; gray, RGB, RGBA or a TIFF stack)")

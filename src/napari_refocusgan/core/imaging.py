@@ -6,6 +6,7 @@ Arrays handed around the core are float32, channels last, values in [0, 1].
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -225,14 +226,16 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     target = Path(os.path.realpath(path))
     try:
-        partial = _new_partial_file(target)
-    except OSError:
-        _write_file(target, image, path)
+        partial = _new_partial_file(target, path.suffix)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        _write_file(target, image, path, path.suffix)
         return path
     try:
         if target.exists():
             shutil.copymode(target, partial)
-        _write_file(partial, image, path)
+        _write_file(partial, image, path, path.suffix)
         os.replace(partial, target)
     finally:
         with contextlib.suppress(OSError):
@@ -240,11 +243,11 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     return path
 
 
-def _new_partial_file(target: Path) -> Path:
-    """An empty new file beside ``target``: a short hidden name (long target names stay valid) with the same
-    suffix (each writer picks the format by it), with the permissions a new file gets (umask)."""
+def _new_partial_file(target: Path, suffix: str) -> Path:
+    """An empty new file beside ``target``: a short hidden name (long target names stay valid) ending in
+    ``suffix``, with the permissions a new file gets (umask)."""
     for _ in range(100):
-        partial = target.with_name(f".rg-{secrets.token_hex(4)}{target.suffix}")
+        partial = target.with_name(f".rg-{secrets.token_hex(4)}{suffix}")
         try:
             os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             return partial
@@ -253,9 +256,10 @@ def _new_partial_file(target: Path) -> Path:
     raise FileExistsError(f"no free temporary name beside {target}")
 
 
-def _write_file(path: Path, image: np.ndarray, shown: Path) -> None:
-    """Write ``image`` to ``path`` in the format of its suffix; errors name ``shown`` (the user's path)."""
-    suffix = path.suffix.lower()
+def _write_file(path: Path, image: np.ndarray, shown: Path, suffix: str) -> None:
+    """Write ``image`` to ``path`` in the format that ``suffix`` names (the user's path ``shown``: a symlink
+    may point to a file named otherwise); errors name ``shown``."""
+    suffix = suffix.lower()
     try:
         if suffix in TIFF_SUFFIXES:
             import tifffile
