@@ -226,9 +226,9 @@ def _channels_last(device: torch.device, tiled: bool) -> bool:
 def _channels_last_after_encoder(device: torch.device, channels_last: bool) -> bool:
     """Whether the layers after the encoder (δ fusion, residual blocks, decoder and heads) run channels_last:
     on CUDA, and always on the CPU. There oneDNN's transposed convolutions are 2–4× and the blocks' 3×3 ones
-    1.3× faster in that layout (376×541, AVX2 CPU), and their norms (:func:`.networks._instance_norm_channels_last`)
-    cost less than that gains; the encoder's first convolutions and norms are as fast or faster in NCHW, which
-    also saves converting the input."""
+    1.3× faster in that layout (376×541, AVX2 CPU), more than their norms
+    (:func:`.networks._instance_norm_channels_last`) cost; the encoder's first convolutions and norms are as
+    fast or faster in NCHW, which also saves converting the input (benchmarks/bench_layout.py)."""
     return channels_last or device.type == "cpu"
 
 
@@ -413,7 +413,7 @@ def _settings(device, tile, margin, precision) -> RunSettings:
 def _layout(image, rgb: bool | None, name: str) -> tuple[np.ndarray, list[tuple], tuple[int, int]]:
     """Validate ``image`` and list its 2-D slices: (array, slice indices, (H, W))."""
     arr = np.asarray(image)
-    if arr.dtype.kind not in "uf" or arr.dtype.itemsize > 2 and arr.dtype.kind == "u":
+    if arr.dtype.kind not in "uf" or (arr.dtype.kind == "u" and arr.dtype.itemsize > 2):
         raise RefocusError(f"{name} has dtype {arr.dtype}; expected uint8, uint16 or float.")
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")

@@ -105,7 +105,7 @@ class InstanceNorm(nn.Module):
 
 def _instance_norm_channels_last(x: torch.Tensor, eps: float) -> torch.Tensor:
     """InstanceNorm of a channels_last CPU tensor, in that layout: the mean, then the variance of the centred
-    values (so a channel whose mean dwarfs its spread keeps its precision), each a plain mean over pixels.
+    values (so a channel whose mean dwarfs its spread keeps its precision), both as reductions over pixels.
     2–3× faster than instance_norm or var_mean on this layout on an AVX2 CPU."""
     n, c, h, w = x.shape
     with torch.autocast("cpu", enabled=False):  # float32 sums, also under bf16 autocast
