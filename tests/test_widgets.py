@@ -722,6 +722,28 @@ def test_refocus_output_is_followed_through_renames_and_recreated_when_deleted(v
     assert notes.errors() == []
 
 
+def test_refocus_of_only_the_slice_shown_turns_delta_on_one_image(viewer, tiny_weights, notes):
+    from napari_refocusgan.core.inference import deblur, refocus
+    from napari_refocusgan.core.weights import load_generator
+
+    g1_path, g2_path = tiny_weights
+    stack = np.stack([textured_image(s) for s in (21, 22, 23)])
+    layer = viewer.add_image(stack, name="stack", rgb=True)
+    widget = dock(viewer, "Refocus")
+    widget._image.value = layer
+    set_network_options(widget, g2_path)
+    widget._deblur_weights.value = g1_path
+    widget._slice_only.value = True
+    viewer.dims.current_step = (2, 0, 0)
+    widget._delta.value = 3.0
+    out = viewer.layers["stack refocused"]
+    g1, g2 = load_generator(g1_path, "cpu"), load_generator(g2_path, "cpu")
+    radiance = deblur(stack[2], g1, device="cpu")
+    np.testing.assert_allclose(out.data, refocus(stack[2], 3.0, g2, radiance=radiance, device="cpu"), atol=1e-6)
+    assert out.data.shape == stack.shape[1:] and out.metadata["slice"] == [2]
+    assert notes.errors() == []
+
+
 def test_sample_deblur_refocus_and_turning_delta_updates_one_layer(viewer, notes):
     """The whole flow a user takes, with the shipped weights: sample → Deblur → Refocus with the
     Deblur output as radiance → turn δ."""

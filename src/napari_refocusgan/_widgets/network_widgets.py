@@ -22,11 +22,12 @@ from ..core.focus import SMLParams, sml
 from ..core.inference import available_devices, check_delta, deblur, pick_device, refocus
 from ..core.weights import LoadedModel, default_model, load_generator
 from .layer_io import (
+    OutputLayers,
     chosen_layer,
+    displayed_image,
     follow_layer_list,
     image_layer_combo,
     layer_data_copy,
-    OutputLayers,
     spatial_placement,
 )
 from .workers import TaskRunner
@@ -241,6 +242,11 @@ class RefocusWidget(Container):
         )  # fmt: skip
         self._delta = FloatSpinBox(label="δ (slices)", value=0.0, min=-DELTA_LIMIT, max=DELTA_LIMIT, step=1.0, tooltip=DELTA_TOOLTIP)
         self._live = CheckBox(text="refocus when δ changes", value=True)
+        self._slice_only = CheckBox(
+            text="only the slice shown (stacks)", value=False,
+            tooltip="refocus just the slice of a stack (time, z, focal stack) that the viewer shows: a δ change "
+            "then costs one image instead of every slice",
+        )  # fmt: skip
         self._weights = weights_picker("G2 weights")
         self._deblur_weights = weights_picker("G1 weights")
         self._deblur_weights.tooltip = WEIGHTS_TOOLTIP + " (used only to compute a missing radiance)"
@@ -255,7 +261,8 @@ class RefocusWidget(Container):
         self._rerun_pending = False
         super().__init__(
             widgets=[
-                self._image, self._radiance, self._delta, self._live, self._weights, self._deblur_weights,
+                self._image, self._radiance, self._delta, self._live, self._slice_only, self._weights,
+                self._deblur_weights,
                 self._device, self._tile, self._run_button, self.runner,
             ]
         )  # fmt: skip
@@ -295,9 +302,13 @@ class RefocusWidget(Container):
     def run(self, *_) -> None:
         try:
             layer = chosen_layer(self._image, "an image layer to refocus")
-            data = layer_data_copy(layer)
             radiance_layer = self._radiance.value
-            radiance = layer_data_copy(radiance_layer) if radiance_layer is not None else None
+            if self._slice_only.value:  # the slice on screen, of the radiance too
+                data, index = displayed_image(self._viewer, layer)
+                radiance = displayed_image(self._viewer, radiance_layer)[0] if radiance_layer is not None else None
+            else:
+                data, index = layer_data_copy(layer), ()
+                radiance = layer_data_copy(radiance_layer) if radiance_layer is not None else None
         except Exception as exc:
             self.runner.fail(exc, description="Refocus")
             return
@@ -338,6 +349,7 @@ class RefocusWidget(Container):
                 "delta": d,
                 "delta_slope_px_per_view": d * _STACK.slope_step,
                 "radiance": radiance_note,
+                **({"slice": list(index)} if index else {}),
             }
             return out, metadata, g2.config
 
