@@ -118,7 +118,9 @@ class ClassicalWidget(Container):
 
     def __init__(self, napari_viewer):
         self._viewer = napari_viewer
-        self._image = image_layer_combo(napari_viewer, label="image", tooltip="a gray or colour image; of a stack, the slice shown")
+        self._image = image_layer_combo(
+            napari_viewer, label="image", tooltip="a gray or colour image; of a stack, the slice shown"
+        )
         self._method = ComboBox(label="method", choices=METHODS, value="unsharp")
         self._radiance = image_layer_combo(
             napari_viewer, label="radiance", tooltip="all-in-focus image of the same scene (e.g. Deblur's output)"

@@ -303,12 +303,13 @@ class RefocusWidget(Container):
         try:
             layer = chosen_layer(self._image, "an image layer to refocus")
             radiance_layer = self._radiance.value
-            if self._slice_only.value:  # the slice on screen, of the radiance too
-                data, index = displayed_image(self._viewer, layer)
-                radiance = displayed_image(self._viewer, radiance_layer)[0] if radiance_layer is not None else None
-            else:
-                data, index = layer_data_copy(layer), ()
-                radiance = layer_data_copy(radiance_layer) if radiance_layer is not None else None
+            slice_only = self._slice_only.value
+
+            def copy(lay):  # a stack whole, or (radiance too) only the slice on screen
+                return displayed_image(self._viewer, lay) if slice_only else (layer_data_copy(lay), ())
+
+            data, index = copy(layer)
+            radiance = copy(radiance_layer)[0] if radiance_layer is not None else None
         except Exception as exc:
             self.runner.fail(exc, description="Refocus")
             return
