@@ -367,6 +367,10 @@ def test_bad_delta_and_wrong_models(g1, g2):
         refocus(img, 1.0, g2)
     with pytest.raises(RefocusError, match="radiance has shape"):
         refocus(img, 1.0, g2, radiance=textured(16, 20))
+    with pytest.raises(RefocusError, match="radiance is grayscale but the image is in colour"):
+        refocus(img, 1.0, g2, radiance=img.mean(axis=-1))
+    gray = img.mean(axis=-1)
+    assert refocus(gray, 1.0, g2, radiance=img).shape == gray.shape  # a colour radiance of a gray image is fine
     with pytest.raises(RefocusError, match="expected a generator"):
         deblur(img, "g1.safetensors")
 

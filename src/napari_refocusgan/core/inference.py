@@ -384,9 +384,18 @@ def refocus(
             h, w = src.rgb.shape[:2]
             rad01 = None
             if rad is not None:
-                rad01 = as_rgb(rad[index], name="radiance", min_size=MIN_SIZE).rgb
-                if rad01.shape != src.rgb.shape:
-                    raise RefocusError(f"radiance slices are {rad01.shape[:2]}; the image's are {src.rgb.shape[:2]}.")
+                rad_src = as_rgb(rad[index], name="radiance", min_size=MIN_SIZE)
+                if rad_src.rgb.shape != src.rgb.shape:
+                    raise RefocusError(
+                        f"radiance slices are {rad_src.rgb.shape[:2]}; the image's are {src.rgb.shape[:2]}."
+                    )
+                if rad_src.was_gray and not src.was_gray:
+                    # G2 would take the missing colour as the scene's and shift every hue of the output
+                    raise RefocusError(
+                        "the radiance is grayscale but the image is in colour: use the radiance deblurred from "
+                        "this image (or a colour one of the same scene)."
+                    )
+                rad01 = rad_src.rgb
             elif g1 is not None:
                 with _prepared(g1, settings, hw) as run1:
                     x = _deblur_input(src.rgb, g1, sml_params)
