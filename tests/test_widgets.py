@@ -271,6 +271,35 @@ def test_threaded_sml_run_finishes_and_shows_the_result(make_napari_viewer, qtbo
     assert notes.errors() == []
 
 
+@pytest.mark.parametrize("display_name", ["Focus measure (SML)", "Deblur (radiance)", "Refocus", "Focus stacking"])
+def test_lazy_layers_are_read_in_the_worker_not_the_gui_thread(
+    make_napari_viewer, qtbot, notes, monkeypatch, display_name
+):
+    """A dask-backed layer (big files opened lazily) is computed in the task, never while the GUI waits."""
+    dask = pytest.importorskip("dask")
+    import dask.array as da
+
+    monkeypatch.setitem(dask.config.config, "scheduler", "synchronous")  # blocks run in the thread that asks
+    viewer = make_napari_viewer()  # threaded
+    data = np.random.default_rng(3).random((3, 32, 32)).astype(np.float32)
+    read_in: list[threading.Thread] = []
+
+    def record(block):
+        read_in.append(threading.current_thread())
+        return block
+
+    layer = viewer.add_image(da.from_array(data, chunks=(1, 32, 32)).map_blocks(record, dtype=data.dtype), name="lazy")
+    widget = dock(viewer, display_name)
+    (widget._stack if display_name == "Focus stacking" else widget._image).value = layer
+    read_in.clear()  # napari itself reads the slice it shows
+    widget._run_button.clicked()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60000)
+    assert widget.runner.last_status == "done", notes.errors()
+    assert len(read_in) >= 3 and threading.main_thread() not in read_in
+    if display_name == "Focus measure (SML)":
+        np.testing.assert_allclose(viewer.layers["lazy SML"].data, sml(data), atol=1e-7)
+
+
 def test_threaded_task_reports_progress_and_stops_on_cancel(make_napari_viewer, qtbot, notes):
     make_napari_viewer()
     runner = workers.TaskRunner(synchronous=False)

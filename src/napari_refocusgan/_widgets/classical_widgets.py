@@ -24,7 +24,7 @@ from .layer_io import (
     follow_layer_list,
     image_layer_combo,
     is_stack,
-    layer_data_copy,
+    layer_data_later,
     spatial_placement,
 )
 from .workers import TaskRunner
@@ -232,7 +232,7 @@ class FocusStackingWidget(Container):
     def run(self, *_) -> None:
         try:
             layer = chosen_layer(self._stack, "a focal-stack layer")
-            data = layer_data_copy(layer)
+            read = layer_data_later(layer)
         except Exception as exc:
             self.runner.fail(exc, description="Focus stacking")
             return
@@ -240,6 +240,7 @@ class FocusStackingWidget(Container):
         measures = list(self._measures.value)
         window, blend = int(self._window.value), float(self._blend.value)
         placement = spatial_placement(layer, 2)
+        slices = layer.data.shape[0]
         source = layer.name
         metadata = {"source": source, "measures": measures, "window": window, "blend_sigma": blend}
         slopes = layer.metadata.get("slopes")
@@ -250,7 +251,7 @@ class FocusStackingWidget(Container):
             if not measures:
                 raise RefocusError("choose at least one focus measure.")
             return all_in_focus(
-                data, measures=measures, window=window, blend_sigma=blend, rgb=rgb, progress=progress, cancel=cancel
+                read(), measures=measures, window=window, blend_sigma=blend, rgb=rgb, progress=progress, cancel=cancel
             )
 
         def show(result) -> None:
@@ -259,6 +260,6 @@ class FocusStackingWidget(Container):
                                contrast_limits=(0.0, 1.0), **placement)  # fmt: skip
             self._outputs.show(layer, "depth index", depth, name=f"{source} depth index",
                                metadata={**metadata, "units": "slice index (0-based)"}, colormap="viridis",
-                               contrast_limits=(0.0, max(float(data.shape[0] - 1), 1.0)), **placement)  # fmt: skip
+                               contrast_limits=(0.0, max(float(slices - 1), 1.0)), **placement)  # fmt: skip
 
         self.runner.run(task, show, description="Focus stacking")

@@ -14,7 +14,7 @@ from .layer_io import (
     chosen_layer,
     follow_layer_list,
     image_layer_combo,
-    layer_data_copy,
+    layer_data_later,
     spatial_placement,
 )
 from .workers import TaskRunner
@@ -73,7 +73,7 @@ class SMLWidget(Container):
     def run(self, *_) -> None:
         try:
             layer = chosen_layer(self._image, "an image layer")
-            data = layer_data_copy(layer)
+            read = layer_data_later(layer)
         except Exception as exc:
             self.runner.fail(exc, description="SML")
             return
@@ -81,10 +81,10 @@ class SMLWidget(Container):
         rgb = bool(layer.rgb)
         name = f"{layer.name} SML"
         metadata = {"source": layer.name, "measure": "SML", "sml_params": asdict(params)}
-        placement = spatial_placement(layer, data.ndim - (1 if rgb else 0))
+        placement = spatial_placement(layer, layer.data.ndim - (1 if rgb else 0))
 
         def task(progress: ProgressFn, cancel: CancelFn) -> np.ndarray:
-            return sml_per_slice(data, params, rgb=rgb, progress=progress, cancel=cancel)
+            return sml_per_slice(read(), params, rgb=rgb, progress=progress, cancel=cancel)
 
         def show(result: np.ndarray) -> None:
             self._outputs.show(layer, "SML", result, name=name, metadata=metadata, colormap="magma", **placement)

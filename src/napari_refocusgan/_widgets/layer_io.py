@@ -121,6 +121,20 @@ def layer_data_copy(layer: Image) -> np.ndarray:
     return np.array(layer.data, copy=True)
 
 
+def layer_data_later(layer: Image) -> Callable[[], np.ndarray]:
+    """A function, for the worker thread to call, that returns a private numpy copy of ``layer``'s data.
+
+    In-memory (numpy) data is copied now, so edits made while the task runs cannot reach it; lazy data
+    (dask, zarr, …) is read when the function is called, so the GUI does not wait on a disk or a
+    computation of the whole array.
+    """
+    if layer.multiscale or isinstance(layer.data, np.ndarray):
+        data = layer_data_copy(layer)
+        return lambda: data
+    lazy = layer.data
+    return lambda: np.array(lazy, copy=True)
+
+
 def displayed_image(viewer, layer: Image) -> tuple[np.ndarray, tuple[int, ...]]:
     """A private copy of the one 2-D image (gray or colour) of ``layer`` that the viewer shows, and its
     indices: the whole layer (indices ``()``), or for a stack (slices, time, z, …) the slice at the viewer's

@@ -27,7 +27,7 @@ from .layer_io import (
     displayed_image,
     follow_layer_list,
     image_layer_combo,
-    layer_data_copy,
+    layer_data_later,
     spatial_placement,
 )
 from .workers import TaskRunner
@@ -185,21 +185,25 @@ class DeblurWidget(Container):
     def run(self, *_) -> None:
         try:
             layer = chosen_layer(self._image, "an image layer to deblur")
-            data = layer_data_copy(layer)
+            read = layer_data_later(layer)
             focus_layer = self._focus.value
             focus = None
-            if focus_layer is not None:  # copied here: the task runs in another thread
-                focus = (focus_layer.name, dict(focus_layer.metadata), layer_data_copy(focus_layer))
+            if focus_layer is not None:  # name and metadata taken here: the task runs in another thread
+                focus = (focus_layer.name, dict(focus_layer.metadata), layer_data_later(focus_layer))
         except Exception as exc:
             self.runner.fail(exc, description="Deblur")
             return
         rgb = bool(layer.rgb)
         weights, device_name, tile = self._weights.value, self._device.value, int(self._tile.value)
         source, name = layer.name, f"{layer.name} radiance"
-        placement = spatial_placement(layer, data.ndim - (1 if rgb else 0))
+        placement = spatial_placement(layer, layer.data.ndim - (1 if rgb else 0))
 
         def task(progress: ProgressFn, cancel: CancelFn):
-            params = check_sml_layer(*focus, data, rgb) if focus is not None else None
+            data = read()
+            params = None
+            if focus is not None:
+                focus_name, focus_metadata, read_focus = focus
+                params = check_sml_layer(focus_name, focus_metadata, read_focus(), data, rgb)
             device = pick_device(device_name)
             model = self._model.get(weights, device)
             out = deblur(
@@ -305,11 +309,14 @@ class RefocusWidget(Container):
             radiance_layer = self._radiance.value
             slice_only = self._slice_only.value
 
-            def copy(lay):  # a stack whole, or (radiance too) only the slice on screen
-                return displayed_image(self._viewer, lay) if slice_only else (layer_data_copy(lay), ())
+            def reader(lay):  # a stack whole (read in the task), or (radiance too) only the slice on screen
+                if not slice_only:
+                    return layer_data_later(lay), ()
+                one, shown = displayed_image(self._viewer, lay)
+                return (lambda: one), shown
 
-            data, index = copy(layer)
-            radiance = copy(radiance_layer)[0] if radiance_layer is not None else None
+            read, index = reader(layer)
+            read_radiance = reader(radiance_layer)[0] if radiance_layer is not None else None
         except Exception as exc:
             self.runner.fail(exc, description="Refocus")
             return
@@ -319,13 +326,14 @@ class RefocusWidget(Container):
         device_name, tile = self._device.value, int(self._tile.value)
         source, name = layer.name, f"{layer.name} refocused"
         given_radiance = f"layer {radiance_layer.name!r}" if radiance_layer is not None else None
-        placement = spatial_placement(layer, data.ndim - (1 if rgb else 0))
+        placement = spatial_placement(layer, layer.data.ndim - len(index) - (1 if rgb else 0))
 
         def task(progress: ProgressFn, cancel: CancelFn):
             device = pick_device(device_name)
             g2 = self._g2.get(weights, device)
             d = check_delta(g2, delta)  # before any expensive work
-            rad, radiance_note = radiance, given_radiance
+            data = read()
+            rad, radiance_note = (read_radiance() if read_radiance else None), given_radiance
             phases, phase = 1, 0
             if rad is None and g2.config.in_channels == 6:
                 g1 = self._g1.get(deblur_weights, device)
