@@ -81,6 +81,18 @@ def test_16_bit_colour_png_round_trips(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c3 100%d.png", "c4 100%d.png"]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_percent_d_in_a_file_name_is_not_a_numbered_sequence(tmp_path, dtype):
+    """FFmpeg (16-bit colour PNGs, ESLF decoding) reads "w%d.png" as the pattern of w1.png, w2.png, …"""
+    from napari_refocusgan.core.formats.eslf import decode_lenslet_image
+
+    image = np.random.default_rng(0).integers(1, 200, (6, 7, 3)).astype(dtype)
+    write_image(tmp_path / "w%d.png", image)
+    write_image(tmp_path / "w1.png", np.zeros_like(image))
+    np.testing.assert_array_equal(read_image(tmp_path / "w%d.png"), image)
+    np.testing.assert_array_equal(decode_lenslet_image(tmp_path / "w%d.png"), image)
+
+
 def test_a_failed_write_leaves_the_existing_file_whole(tmp_path, monkeypatch):
     import tifffile
 

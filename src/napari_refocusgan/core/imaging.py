@@ -150,10 +150,16 @@ def _is_16bit_colour_png(path: Path) -> bool:
     return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
 
 
-def _read_16bit_colour_png(path: Path) -> np.ndarray:
+def open_image_with_ffmpeg(path: Path):
+    """A PyAV container reading exactly the image file ``path``. Absolute: FFmpeg reads "a:b.png" as protocol
+    "a"; pattern_type none: it reads "w%d.png" as the numbered sequence w1.png, w2.png, …"""
     import av
 
-    with av.open(str(path.absolute())) as container:  # absolute: FFmpeg reads "a:b.png" as protocol "a"
+    return av.open(str(Path(path).absolute()), format="image2", options={"pattern_type": "none"})
+
+
+def _read_16bit_colour_png(path: Path) -> np.ndarray:
+    with open_image_with_ffmpeg(path) as container:
         frame = next(container.decode(video=0))
         has_alpha = "a" in frame.format.name
         return frame.to_ndarray(format="rgba64le" if has_alpha else "rgb48le")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RefocusError
-from ..imaging import LUMA_WEIGHTS, read_image, to_float
+from ..imaging import LUMA_WEIGHTS, open_image_with_ffmpeg, read_image, to_float
 from ..lightfield import LightField
 
 LENSLET = 14  # pixels per lenslet side in Lytro Illum ESLF exports
@@ -134,9 +134,7 @@ def decode_lenslet_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() == ".png" and path.is_file():
         try:
-            import av
-
-            with av.open(str(path)) as container:
+            with open_image_with_ffmpeg(path) as container:
                 frame = next(container.decode(video=0))
                 if frame.format.name in _PNG_FORMATS:
                     return _packed_plane(frame, *_PNG_FORMATS[frame.format.name])
