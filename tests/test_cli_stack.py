@@ -47,6 +47,34 @@ def test_focal_stack_command_puts_a_plane_in_focus_at_its_disparity(tmp_path, ca
     assert "30 slices" in capsys.readouterr().out
 
 
+def test_focal_stack_command_uses_a_grid_smaller_than_7x7_whole(tmp_path, capsys):
+    folder = write_plane_folder(tmp_path / "views", -0.5, n=5)
+    assert main(["focal-stack", str(folder), "-o", str(tmp_path / "s.tif"), "--keep", "all"]) == 0
+    stack = tifffile.imread(tmp_path / "s.tif")
+    slopes = StackConfig(keep=None).slopes()
+    focus = sml(stack)[:, 8:-8, 8:-8].mean(axis=(1, 2))
+    assert slopes[int(np.argmax(focus))] == pytest.approx(slopes[np.argmin(np.abs(slopes + 0.5))])
+
+
+def test_out_of_memory_is_a_message_and_other_runtime_errors_are_not_hidden(tmp_path, capsys, monkeypatch):
+    from napari_refocusgan.cli import stack_cmds
+
+    def fail_with(message):
+        def command(args):
+            raise RuntimeError(message)
+
+        return command
+
+    write_image(tmp_path / "in.png", np.zeros((8, 8), np.uint8))
+    argv = ["sml", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.tif")]
+    monkeypatch.setattr(stack_cmds, "cmd_sml", fail_with("[enforce fail] DefaultCPUAllocator: can't allocate memory"))
+    assert main(argv) == 3
+    assert "out of memory" in capsys.readouterr().err
+    monkeypatch.setattr(stack_cmds, "cmd_sml", fail_with("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(argv)
+
+
 def test_focal_stack_command_paper_window_and_auto(tmp_path, capsys):
     folder = write_plane_folder(tmp_path / "views", 1.2)
     assert main(["focal-stack", str(folder), "-o", str(tmp_path / "paper.tif")]) == 0
@@ -70,6 +98,10 @@ def test_focal_stack_command_paper_window_and_auto(tmp_path, capsys):
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--keep", "12:3"], "keep"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--device", "tpu"], "device"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/afile/o.tif", "--views", "3"], "afile"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--views", "7"], "only 3×3"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--s-max", "1000"], "shifts the outer views by 655.172 px"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--s-max", "1e300"], "more than the 16×16 image"),
+        (["focal-stack", "{tmp}/missing", "-o", "{tmp}/o.tif", "--slices", "1"], "slices must be ≥ 2"),  # first
     ],
 )
 def test_focal_stack_bad_input_exits_nonzero_with_message(tmp_path, capsys, argv, message):

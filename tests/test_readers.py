@@ -378,6 +378,15 @@ def test_hci_folder_bad_inputs(tmp_path, hci_scene):
     with pytest.raises(RefocusError, match="does not belong to these views"):
         read_lightfield(folder)
 
+    # An interrupted copy: the first 64 views are a square number, but not an 8×8 light field
+    folder = write_hci(tmp_path / "d", hci_scene, pfm=False)
+    for idx in range(64, 81):
+        (folder / f"input_Cam{idx:03d}.png").unlink()
+    with pytest.raises(RefocusError, match=r"9×9 view grid is incomplete; missing input_Cam064\.png"):
+        read_lightfield(folder)
+    (folder / "parameters.cfg").write_text(HCI_CFG.format(n=8))  # unless the folder declares 8×8
+    assert read_lightfield(folder).views.shape[:2] == (8, 8)
+
 
 def test_name_rr_cc_grid_placement_and_formats(tmp_path):
     folder = write_grid(tmp_path / "g", 3, 4)
@@ -444,6 +453,15 @@ def test_view_folder_bad_inputs(tmp_path):
     iio.imwrite(zero / "scene_00_01.png", coded_view(0, 1))
     with pytest.raises(RefocusError, match="start at 1"):
         read_lightfield(zero)
+
+    duplicated = write_grid(tmp_path / "duplicated", 2, 2)
+    iio.imwrite(duplicated / "scene_1_1.png", coded_view(9, 9))
+    with pytest.raises(RefocusError, match=r"scene_01_01\.png and scene_1_1\.png are both view \(1, 1\)"):
+        read_lightfield(duplicated)
+
+    hidden = write_grid(tmp_path / "hidden", 2, 2)
+    (hidden / "._scene_01_01.png").write_bytes(b"AppleDouble")  # macOS leaves these on foreign disks
+    assert read_lightfield(hidden).views.shape[:2] == (2, 2)
 
     with pytest.raises(RefocusError, match="views must be a whole number"):
         read_lightfield(write_grid(tmp_path / "ok", 1, 1), views=0)
@@ -611,6 +629,36 @@ def test_get_reader_declines_junk_and_never_raises(tmp_path):
         assert napari_get_reader(junk) is None, junk
     assert napari_get_reader([str(grid), str(grid)]) is read_lightfield_layers
     assert napari_get_reader(lfp) is read_lightfield_layers
+
+
+def test_reader_claims_unreadable_lytro_files_to_say_what_is_wrong(tmp_path):
+    """napari would only say that no reader accepts the file; ours explains."""
+    cut = tmp_path / "cut.lfp"
+    cut.write_bytes(b"\x89LF")
+    reader = napari_get_reader(str(cut))
+    assert reader is read_lightfield_layers
+    with pytest.raises(RefocusError, match=r"magic .* is missing\); it may be truncated or corrupt"):
+        reader(str(cut))
+
+
+def test_reader_refuses_a_single_row_of_views_and_names_the_current_folder(tmp_path, monkeypatch):
+    row = write_grid(tmp_path / "row", 1, 5)
+    with pytest.raises(RefocusError, match="at least 2×2 views; this light field has 1×5"):
+        read_lightfield_layers(row)
+    monkeypatch.chdir(write_grid(tmp_path / "here", 2, 2))
+    assert read_lightfield_layers(".")[0][1]["name"] == "here focal stack"
+
+
+@pytest.mark.parametrize("value", ["abc", float("nan"), None])
+def test_a_bad_default_lambda_falls_back_to_the_optical_focus(tmp_path, value):
+    from napari_refocusgan._reader import lightfield_layers
+
+    path = tmp_path / "IMG-stk.lfp"
+    path.write_bytes(engine1_lfp(np.ones((4, 4), np.float32)))
+    lf = read_lightfield(path)
+    lf.metadata["default_lambda"] = value
+    names = [m["name"] for _, m, _ in lightfield_layers(lf)]
+    assert "IMG-stk default-focus slice (λ = +0.50)" in names  # the slice nearest λ = 0
 
 
 def test_reader_layers_for_a_view_folder(tmp_path, hci_scene):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.focalstack import StackConfig, centre_view, focal_stack
-from .core.lightfield import LightField, detect_format, read_lightfield
+from .core.lightfield import FORMAT_LYTRO, LightField, detect_format, read_lightfield
 
 LayerDataTuple = tuple  # (data, metadata dict, layer type)
 PathOrPaths = str | Path | Sequence[str | Path]
@@ -26,12 +26,18 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDa
     """The reader for ``path`` (or a list of paths, all of one recognised format), else None. Never raises."""
     try:
         paths = _as_paths(path)
-        formats = {detect_format(p) for p in paths}
+        formats = {detect_format(p) or _claimed_by_suffix(p) for p in paths}
         if not paths or len(formats) != 1 or None in formats:
             return None
         return read_lightfield_layers
     except Exception:  # napari asks every plugin about every path; a failure here must not surface
         return None
+
+
+def _claimed_by_suffix(path: Path) -> str | None:
+    """Lytro files are claimed by name even when their content is not recognised, so that reading them
+    explains what is wrong (truncated, not an LFP, a raw capture) instead of napari's "no reader"."""
+    return FORMAT_LYTRO if path.suffix.lower() in (".lfp", ".lfr") and path.is_file() else None
 
 
 def read_lightfield_layers(path: PathOrPaths) -> list[LayerDataTuple]:
@@ -49,14 +55,14 @@ def read_lightfield_layers(path: PathOrPaths) -> list[LayerDataTuple]:
 
 def lightfield_layers(lf: LightField) -> list[LayerDataTuple]:
     """Layer data tuples for one light field (see :func:`read_lightfield_layers`)."""
-    stem = lf.path.stem if lf.path.suffix else lf.path.name
+    named = lf.path if lf.path.name else lf.path.resolve()  # "." has no name
+    stem = named.stem if named.suffix else named.name
     common = {"source": lf.source, "path": str(lf.path)}
     described = {k: v for k, v in lf.metadata.items() if not isinstance(v, np.ndarray)}  # arrays are layers
     layers: list[LayerDataTuple] = []
     reference = None
     if lf.views is not None:
-        n = min(StackConfig().views, *lf.views.shape[:2])
-        config = StackConfig(views=n)  # paper defaults; fewer views only when the grid is smaller
+        config = StackConfig().within(lf.views.shape[:2])  # paper defaults; fewer views only when the grid is smaller
         stack, slopes, config = focal_stack(lf.views, config)
         stack_meta = {**common, **described, "slopes": [float(s) for s in slopes], "stack_config": asdict(config)}
         reference = centre_view(lf.views)
@@ -69,9 +75,7 @@ def lightfield_layers(lf: LightField) -> list[LayerDataTuple]:
             reference_name = f"{stem} all-in-focus view"
         elif stack is not None and lf.stack_labels:
             # Engine-1 stacks hold no all-in-focus view: the camera's default-focus slice is the reference
-            default = lf.metadata.get("default_lambda")
-            default = 0.0 if default is None else float(default)
-            k = int(np.argmin([abs(float(v) - default) for v in lf.stack_labels]))
+            k = int(np.argmin([abs(float(v) - _default_lambda(lf)) for v in lf.stack_labels]))
             reference = np.array(stack[k], dtype=np.float32)  # its own copy: a layer of its own
             reference_name = f"{stem} default-focus slice (λ = {float(lf.stack_labels[k]):+.2f})"
     if stack is not None:
@@ -104,6 +108,16 @@ def lightfield_layers(lf: LightField) -> list[LayerDataTuple]:
             meta.update(scale=(sy, sx), translate=((sy - 1) / 2, (sx - 1) / 2))
         layers.append((data, meta, "image"))
     return layers
+
+
+def _default_lambda(lf: LightField) -> float:
+    """The camera's default focus λ from the file's metadata; 0 (λ of the optical focus) if absent or not a
+    finite number."""
+    try:
+        value = float(lf.metadata.get("default_lambda"))
+    except (TypeError, ValueError):
+        return 0.0
+    return value if np.isfinite(value) else 0.0
 
 
 def _image_size(lf: LightField, stack, reference) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QDockWidget, QWidget
 from superqt.utils import ensure_main_thread
 
-from ..core.errors import RefocusError
+from ..core.errors import RefocusError, is_out_of_memory
 from ..core.focalstack import Cancelled, CancelFn, ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def error_message(exc: BaseException, description: str) -> str:
     """A notification text for ``exc``: the message itself for bad input, advice for memory errors."""
     if isinstance(exc, RefocusError):
         return f"{description}: {exc}"
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's (CPU/CUDA/MPS)
+    if is_out_of_memory(exc):
         return f"{description}: out of memory. Try a smaller tile size, another device or a smaller image."
     return f"{description} failed: {type(exc).__name__}: {exc}"
 

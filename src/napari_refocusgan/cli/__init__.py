@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from ..core.allocator import retain_freed_memory
-from ..core.errors import RefocusError
+from ..core.errors import RefocusError, is_out_of_memory
 from . import classical_cmds, network_cmds, stack_cmds
 
 COMMAND_MODULES = [stack_cmds, classical_cmds, network_cmds]
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # unwritable output, a file where a folder should be, a full disk
         print(f"refocusgan {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except MemoryError:
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
         print(f"refocusgan {args.command}: error: out of memory; try a smaller --tile or image", file=sys.stderr)
         return 3
 

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("focal-stack", help="light field (folder, ESLF PNG or .lfp) → float32 TIFF (S, H, W, C)")
     p.add_argument("path", help="light-field file or view folder")
     p.add_argument("-o", "--out", required=True, help="output .tif")
-    p.add_argument("--views", type=int, default=7, help="use the central N×N views (default 7)")
+    p.add_argument("--views", type=int, default=None,
+                   help="use the central N×N views (default 7, or the whole grid when it is smaller)")
     p.add_argument("--slices", type=int, default=30, help="number of slopes S (default 30)")
     p.add_argument("--s-max", type=float, default=1.5, help="largest slope in px per view (default 1.5)")
     p.add_argument("--keep", default="6:15", help="1-based slice window FIRST:LAST, 'all' or 'auto' (default 6:15)")
@@ -50,9 +51,11 @@ def sml_params(args: argparse.Namespace) -> SMLParams:
 def stack_config(args: argparse.Namespace) -> tuple[StackConfig, bool]:
     keep = parse_keep(args.keep)
     auto = keep == "auto"
-    cfg = StackConfig(args.views, args.slices, args.s_max, (6, 15) if auto else keep)
+    views = StackConfig().views if args.views is None else args.views
+    cfg = StackConfig(views, args.slices, args.s_max, (6, 15) if auto else keep)
     if auto and cfg.slices < 15:  # keep the paper's window length when S allows it
-        cfg = StackConfig(args.views, args.slices, args.s_max, (1, min(10, cfg.slices)))
+        cfg = StackConfig(views, args.slices, args.s_max, (1, min(10, cfg.slices)))
+    cfg.check()
     return cfg, auto
 
 
@@ -65,6 +68,8 @@ def cmd_focal_stack(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     lf = read_lightfield(args.path, views=cfg.views)  # only the central views: bounds ESLF memory
     if lf.views is not None:
+        if args.views is None:  # as the napari reader does: a smaller grid is used whole
+            cfg = cfg.within(lf.views.shape[:2])
         stack, slopes, cfg = focal_stack(lf.views, cfg, keep_auto=auto, device=device)
         write_image(out, stack.astype(np.float32))
         print(f"wrote {out}: {stack.shape[0]} slices {cfg.keep or 'all'} of {cfg.slices}, "

@@ -6,3 +6,13 @@ class RefocusError(ValueError):
 
     The CLI prints it and exits non-zero; widgets show it as a napari notification.
     """
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError (CUDA/MPS), or the plain RuntimeError that torch's CPU
+    allocator raises."""
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or (isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate" in str(exc))
+    )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -42,8 +42,8 @@ class StackConfig:
     keep: tuple[int, int] | None = (6, 15)  # 1-based inclusive; None keeps all slices
 
     def check(self) -> None:
-        if self.views < 1:
-            raise RefocusError(f"views must be ≥ 1, got {self.views}.")
+        if self.views < 2:
+            raise RefocusError(f"views must be ≥ 2 (one view gives identical slices), got {self.views}.")
         if self.slices < 2:
             raise RefocusError(f"slices must be ≥ 2, got {self.slices}.")
         if not (self.s_max > 0 and math.isfinite(self.s_max)):
@@ -69,6 +69,14 @@ class StackConfig:
 
     def slopes(self) -> np.ndarray:
         return self.all_slopes()[self.kept_indices()]
+
+    def within(self, grid: tuple[int, int]) -> StackConfig:
+        """This config with at most the views of a (rows, cols) grid: smaller grids are used whole."""
+        if min(grid) < 2:
+            raise RefocusError(
+                f"a focal stack needs a grid of at least 2×2 views; this light field has {grid[0]}×{grid[1]}."
+            )
+        return replace(self, views=min(self.views, *grid))
 
 
 def parse_keep(text: str) -> tuple[int, int] | None | str:
@@ -135,6 +143,13 @@ def shift_and_sum(
         raise RefocusError(f"views must be (rows, cols, H, W, channels); got shape {tuple(v.shape)}.")
     n_r, n_c, h, w, ch = v.shape
     slopes = [float(a) for a in np.atleast_1d(np.asarray(slopes, dtype=np.float64))]
+    widest = max(abs(a) for a in slopes) * (max(n_r, n_c) - 1) / 2 if slopes else 0.0
+    if not widest <= max(h, w):  # also NaN; beyond this every output pixel is replicated edge
+        raise RefocusError(
+            f"a slope of {max(slopes, key=abs):+g} px per view shifts the outer views by {widest:g} px, more than "
+            f"the {w}×{h} image; use slopes within ±{2 * max(h, w) / max(max(n_r, n_c) - 1, 1):g} px per view (a smaller "
+            "s_max)."
+        )
     x_taps = [[_cubic_taps(a * (c - (n_c - 1) / 2)) for c in range(n_c)] for a in slopes]
     y_taps = [[_cubic_taps(a * (r - (n_r - 1) / 2)) for r in range(n_r)] for a in slopes]
     x_lo, x_hi = _offset_range(x_taps)

@@ -148,7 +148,7 @@ class LFPFile:
             raw = self.data[s.offset : s.offset + s.length].rstrip(b"\0")
             try:
                 out.append(json.loads(raw.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # nesting too deep: corrupt
                 raise RefocusError(f"{self.path}: metadata section {s.sha1} is not valid JSON ({exc}).") from exc
         if not out:
             raise RefocusError(f"{self.path} holds no metadata (LFM) section.")

@@ -29,6 +29,7 @@ HCI_VIEW = re.compile(r"^input_Cam(\d{3})\.png$", re.IGNORECASE)
 GRID_VIEW = re.compile(r"^(?P<name>.+?)_(?P<row>\d{1,3})_(?P<col>\d{1,3})\.(?:png|jpe?g|tiff?|bmp)$", re.IGNORECASE)
 HCI_DISPARITY_FILE = "gt_disp_lowres.pfm"
 HCI_PARAMETERS_FILE = "parameters.cfg"
+HCI_GRID = 9  # the benchmark's 9×9 views
 
 
 @dataclass
@@ -48,7 +49,8 @@ class ViewFolder:
 
 def _listing(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if p.is_file())
+        # hidden files are not views: macOS leaves "._NAME" copies of every file on foreign disks
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     except OSError as exc:
         raise RefocusError(f"Cannot list {folder}: {exc.strerror or exc}.") from exc
 
@@ -66,16 +68,21 @@ def scan_view_folder(folder: str | Path) -> ViewFolder | None:
     for p in files:
         m = GRID_VIEW.match(p.name)
         if m and not HCI_VIEW.match(p.name):
-            grid.setdefault(m.group("name"), {})[(int(m.group("row")), int(m.group("col")))] = p
+            views = grid.setdefault(m.group("name"), {})
+            key = (int(m.group("row")), int(m.group("col")))
+            if key in views:
+                raise RefocusError(
+                    f"{folder}: {views[key].name} and {p.name} are both view ({key[0]}, {key[1]}); keep one of them."
+                )
+            views[key] = p
     if hci and grid:
         raise RefocusError(
             f"{folder} holds both HCI views (input_CamNNN.png) and NAME_RR_CC views ({', '.join(sorted(grid))}); "
             "put each light field in its own folder."
         )
     if hci:
-        # Smallest square grid holding the highest index, so that a missing last view is reported by name.
-        n = math.isqrt(max(hci)) + 1
-        return ViewFolder("hci", folder, n, n, {(i // n, i % n): p for i, p in hci.items()}, folder.name)
+        rows, cols = _hci_grid(folder, max(hci))
+        return ViewFolder("hci", folder, rows, cols, {(i // cols, i % cols): p for i, p in hci.items()}, folder.name)
     if grid:
         if len(grid) > 1:
             raise RefocusError(
@@ -88,6 +95,25 @@ def scan_view_folder(folder: str | Path) -> ViewFolder | None:
         rows, cols = max(r for r, _ in views), max(c for _, c in views)
         return ViewFolder("view-grid", folder, rows, cols, {(r - 1, c - 1): p for (r, c), p in views.items()}, name)
     return None
+
+
+def _hci_grid(folder: Path, highest: int) -> tuple[int, int]:
+    """(rows, cols) of an HCI folder: as its parameters.cfg declares, else the benchmark's 9×9 (or the
+    smallest square holding the highest index beyond that). Never guessed from the number of files: an
+    interrupted copy of the first 64 views would otherwise read as a complete 8×8 grid, views misplaced."""
+    rows = cols = max(HCI_GRID, math.isqrt(highest) + 1)
+    cfg = folder / HCI_PARAMETERS_FILE
+    if cfg.is_file():
+        extr = read_hci_parameters(cfg).get("extrinsics", {})
+        declared = (extr.get("num_cams_y"), extr.get("num_cams_x"))
+        if all(isinstance(v, int) and v > 0 for v in declared):
+            rows, cols = declared
+            if highest >= rows * cols:
+                raise RefocusError(
+                    f"{cfg} declares a {rows}×{cols} camera grid but the folder holds views up to "
+                    f"input_Cam{highest:03d}.png."
+                )
+    return rows, cols
 
 
 def read_hci_parameters(path: str | Path) -> dict[str, dict[str, object]]:
@@ -131,9 +157,8 @@ def read_view_folder(folder: str | Path, views: int | None = None) -> LightField
         raise RefocusError(f"{folder}: the {found.rows}×{found.cols} view grid is incomplete; missing {shown}{more}.")
     metadata: dict[str, object] = {"grid_in_file": (found.rows, found.cols), "name": found.name}
     cfg = folder / HCI_PARAMETERS_FILE
-    if found.kind == "hci" and cfg.is_file():  # checked before decoding any view
+    if found.kind == "hci" and cfg.is_file():
         metadata["parameters"] = read_hci_parameters(cfg)
-        _check_hci_grid(metadata["parameters"], found, cfg)
 
     nr, nc = found.rows, found.cols
     if views is not None:  # at most the central n×n, as focalstack.central_views cuts it
@@ -170,16 +195,6 @@ def read_view_folder(folder: str | Path, views: int | None = None) -> LightField
             disparity = -gt  # HCI sign → ours (see module docstring)
             metadata["disparity_source"] = f"{HCI_DISPARITY_FILE}, negated to this package's sign convention"
     return LightField(source=found.kind, path=folder, views=grid, disparity=disparity, metadata=metadata)
-
-
-def _check_hci_grid(parameters: dict, found: ViewFolder, cfg: Path) -> None:
-    extr = parameters.get("extrinsics", {})
-    declared = (extr.get("num_cams_y"), extr.get("num_cams_x"))
-    if all(isinstance(v, int) for v in declared) and declared != (found.rows, found.cols):
-        raise RefocusError(
-            f"{cfg} declares a {declared[0]}×{declared[1]} camera grid but the folder holds "
-            f"{found.rows}×{found.cols} views."
-        )
 
 
 def _view_name(found: ViewFolder, r: int, c: int) -> str:
