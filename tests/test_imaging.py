@@ -93,6 +93,22 @@ def test_a_percent_d_in_a_file_name_is_not_a_numbered_sequence(tmp_path, dtype):
     np.testing.assert_array_equal(decode_lenslet_image(tmp_path / "w%d.png"), image)
 
 
+def test_tiff_colour_channels_come_last_whatever_the_file_order(tmp_path):
+    import tifffile
+
+    rgb = np.random.default_rng(1).integers(0, 255, (10, 12, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_image(tmp_path / "planar.tif"), rgb)
+    z_stack = np.stack([rgb, rgb[::-1]])  # (Z, Y, X, C)
+    tifffile.imwrite(tmp_path / "ij.tif", np.moveaxis(z_stack, -1, 1), imagej=True, metadata={"axes": "ZCYX"})
+    np.testing.assert_array_equal(read_image(tmp_path / "ij.tif"), z_stack)
+    two_channels = z_stack[..., :2]  # not colour: the channels stay slices
+    tifffile.imwrite(tmp_path / "ij2.tif", np.moveaxis(two_channels, -1, 1), imagej=True, metadata={"axes": "ZCYX"})
+    assert read_image(tmp_path / "ij2.tif").shape == (2, 2, 10, 12)
+    gray_stack = rgb[..., 0][None].repeat(3, axis=0)  # three gray slices stay three gray slices
+    np.testing.assert_array_equal(read_image(write_image(tmp_path / "g.tif", gray_stack)), gray_stack)
+
+
 def test_a_failed_write_leaves_the_existing_file_whole(tmp_path, monkeypatch):
     import tifffile
 

@@ -126,9 +126,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise RefocusError(f"{path} is a folder; expected an image file.")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(path)
+            return _read_tiff(path)
         if _is_16bit_colour_png(path):  # Pillow silently reads these as 8-bit; FFmpeg keeps 16 bits
             return _read_16bit_colour_png(path)
         import imageio.v3 as iio
@@ -142,6 +140,21 @@ def read_image(path: str | Path) -> np.ndarray:
         return iio.imread(path, plugin="pillow", mode=mode, rotate=True)
     except Exception as exc:  # decoders raise many types; all mean "not a readable image"
         raise RefocusError(f"Cannot read {path} as an image: {exc}") from exc
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """The first image series, colour channels last: planar RGB (axes SYX) and ImageJ hyperstacks with 3 or 4
+    channels (e.g. ZCYX) store them before the rows, where the tools would take them for slices."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data, axes = series.asarray(), series.axes
+    for axis in ("S", "C"):  # samples per pixel, then ImageJ channels
+        i = axes.find(axis)
+        if 0 <= i < data.ndim - 1 and data.shape[i] in (3, 4) and axes[-1] != "S":
+            return np.moveaxis(data, i, -1)
+    return data
 
 
 def _is_16bit_colour_png(path: Path) -> bool:
