@@ -211,3 +211,33 @@ def test_each_g2_is_scored_on_the_delta_configurations_it_was_trained_for(monkey
         assert {c for m, c in scored if m == f"two-stage G2 ({label}), true radiance"} == {plus8, four, every}
     with pytest.raises(ev.RefocusError, match="share a name"):
         ev.refocus_methods([g2s[0], g2s[0]])
+
+
+def test_cli_refuses_bad_options_and_models_before_rendering_anything(tmp_path, capsys):
+    from napari_refocusgan.core.weights import save_generator
+
+    g1 = tmp_path / "g1.safetensors"
+    save_generator(Generator(deblur_config(ngf=4, n_blocks=1)), g1, "deblur")
+    single = tmp_path / "g2s.safetensors"
+    save_generator(Generator(refocus_config(in_channels=3, ngf=4, n_blocks=1)), single, "refocus")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cache = tmp_path / "cache"
+    common = ["--synthetic", "1", "--scene-size", "48", "--cache-dir", str(cache), "--hci-variants", ""]
+    out = ["--out", str(tmp_path / "eval")]
+    for args, message in (
+        (["--tables", "deblr", *out], "unknown: deblr"),
+        (["--tables", ",", *out], "--tables"),
+        (["--hci-variants", "paper,full", *out], "unknown: full"),
+        (["--synthetic", "-3", *out], "--synthetic must be at least 0"),
+        (["--pairs-per-scene", "0", *out], "--pairs-per-scene must be at least 1"),
+        (["--g2", str(g1), *out], "holds a deblur generator"),
+        (["--g1", str(single), *out], "holds a refocus generator"),
+        (["--g2", str(single), *out], "pass it as --g2-single"),
+        (["--out", str(afile)], "is a file"),
+    ):
+        assert ev.main([*common, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+        assert not cache.exists() and not (tmp_path / "eval").exists(), args  # nothing rendered or written
+    assert afile.read_text() == "x"

@@ -69,6 +69,12 @@ exec(FAKE_DATASET, _namespace)
 PairDataset = _namespace["PairDataset"]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    # relative defaults (the scene cache in runs/cache) land in the test's folder, never in the repository
+    monkeypatch.chdir(tmp_path)
+
+
 def smoke(task: str = "deblur", **overrides):
     return get_config("smoke", task, **overrides)
 
@@ -166,6 +172,19 @@ def test_configs_resolve_and_reject_bad_values():
         get_config("cpu", "deblur", in_focus_weight=-1.0)
     with pytest.raises(RefocusError, match="disparity"):
         get_config("cpu", "deblur", in_focus_weight=1.0, data_paths=["lightfields/"])
+
+
+def test_epochs_apply_when_no_steps_are_given_even_with_a_preset_of_steps(tmp_path):
+    from training.__main__ import _config_from_args, build_parser
+
+    assert (smoke(epochs=2).steps, smoke(epochs=2).epochs) == (None, 2)
+    assert smoke(epochs=2, steps=3).steps == 3  # both given: steps wins
+    for preset in ("cpu", "smoke"):
+        args = build_parser().parse_args(["train", "deblur", "--config", preset, "--epochs", "1", "--out", str(tmp_path)])
+        cfg = _config_from_args(args)
+        assert (cfg.steps, cfg.epochs) == (None, 1), preset
+    result = train(smoke(epochs=1), tmp_path / "run", progress=False, **datasets(n=3))
+    assert result.total_steps == result.step == 3  # one epoch of 3 items, batch 1
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -266,6 +285,23 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, task, fast
     assert [r["val_psnr"] for r in _log(tmp_path / "part")] == [r["val_psnr"] for r in _log(tmp_path / "full")]
 
 
+def test_resume_with_a_longer_schedule_or_another_lr_follows_the_new_schedule(tmp_path, capsys):
+    # documented: `--resume --steps 5000` after 2000 restarts the lr and decays it over steps 2500–5000
+    run = tmp_path / "run"
+    train(smoke(steps=4), run, progress=False, **datasets())  # ends with lr 0
+    rest = train(smoke(steps=8, lr=5e-4), run, resume=True, progress=False, **datasets())
+    assert [r["lr"] for r in rest.history] == pytest.approx([5e-4 * lr_factor(s, 8) for s in range(4, 8)])
+    ckpt = load_checkpoint(rest.checkpoint)
+    assert ckpt["config"]["lr"] == 5e-4 and ckpt["metadata"]["lr"] == "0.0005"
+    assert {g["initial_lr"] for g in ckpt["opt_g"]["param_groups"] + ckpt["opt_d"]["param_groups"]} == {5e-4}
+    # nothing left to do: said so, and nothing changes; fewer steps than done: an error
+    again = train(smoke(steps=8), run, resume=True, progress=False, **datasets())
+    assert again.step == 8 and not again.history and "nothing to do" in capsys.readouterr().err
+    with pytest.raises(RefocusError, match="already trained 8 steps.*above 8"):
+        train(smoke(steps=6), run, resume=True, progress=False, **datasets())
+    assert load_checkpoint(run / "last.pt")["step"] == 8
+
+
 def test_starting_over_an_existing_run_needs_resume(tmp_path):
     cfg = smoke(steps=1)
     train(cfg, tmp_path / "run", progress=False, **datasets())
@@ -301,7 +337,8 @@ def test_sigint_saves_a_checkpoint_and_stops_at_the_step_boundary(tmp_path):
             return super().__getitem__(i)
 
     handler = signal.getsignal(signal.SIGINT)
-    result = train(smoke(steps=10, ckpt_every=100), tmp_path / "run", progress=False,
+    # no validation: with val_dataset=None and val_size > 0, train() would render its own validation scenes
+    result = train(smoke(steps=10, ckpt_every=100, val_size=0), tmp_path / "run", progress=False,
                    dataset=SignalAt("deblur"), val_dataset=None)  # fmt: skip
     assert result.stopped_early and result.step == 3
     assert load_checkpoint(result.checkpoint)["step"] == 3
@@ -540,6 +577,94 @@ def test_cli_export_records_metrics_in_the_registry_entry(tmp_path, monkeypatch,
         assert "NAME=NUMBER" in capsys.readouterr().err
 
 
+def test_cli_export_refuses_what_would_break_the_registry(tmp_path, monkeypatch, capsys):
+    from napari_refocusgan.core import weights
+
+    registry = tmp_path / "weights" / "registry.json"
+    registry.parent.mkdir()
+    monkeypatch.setattr(weights, "REGISTRY_PATH", registry)  # not the shipped registry
+    train(smoke(steps=1), tmp_path / "run", progress=False, **datasets())
+    train(smoke("refocus", steps=1), tmp_path / "g2run", progress=False, **datasets("refocus"))
+    g1, g2 = registry.parent / "g1.safetensors", registry.parent / "g2.safetensors"
+    run = str(tmp_path / "run")
+    assert cli_main(["export", run, "-o", str(g1), "--name", "g1", "--registry"]) == 0
+    assert cli_main(["export", str(tmp_path / "g2run"), "-o", str(g2), "--name", "g2", "--registry"]) == 0
+    before = g1.read_bytes(), registry.read_text()
+    for args, message in (
+        (["-o", str(g1)], "registered weights 'g1'"),  # overwriting a hashed file without updating its entry
+        (["-o", str(g1), "--name", "other", "--registry"], "two entries cannot share one file"),
+        (["-o", str(tmp_path / "x.safetensors"), "--name", "g2", "--registry"], "registered as refocus"),
+        (["-o", str(tmp_path / "x.safetensors"), "--name", "deblur", "--registry"], "is a role"),
+        (["-o", str(tmp_path)], "names a folder"),
+        (["-o", str(tmp_path / "newdir") + "/"], "names a folder"),  # not a file called newdir
+    ):
+        assert cli_main(["export", run, *args]) == 2, args
+        assert message in capsys.readouterr().err, args
+    assert (g1.read_bytes(), registry.read_text()) == before and not (tmp_path / "x.safetensors").exists()
+    assert not (tmp_path / "newdir").exists()
+    # replacing an entry's file under its own name stays possible, and its hash follows
+    assert cli_main(["export", run, "-o", str(g1), "--name", "g1", "--registry"]) == 0
+    assert {e.name: e.sha256 for e in weights.list_models(registry)}["g1"] == weights.file_sha256(g1)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--threads", "-1"), ("--ngf", "0"), ("--ndf", "0"), ("--lr", "nan"),
+                                             ("--seed", "-1"), ("--adv-weight", "nan"), ("--n-blocks", "-1")])
+def test_cli_refuses_bad_numbers_before_any_work(tmp_path, capsys, flag, value):
+    out = tmp_path / "o"
+    code = cli_main(["train", "deblur", "--config", "smoke", "--out", str(out), "--no-progress", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err, err
+    assert flag in err or flag[2:].replace("-", "_") in err, err
+    assert "Traceback" not in err and not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_cli_checks_folders_and_weight_files_before_rendering_anything(tmp_path, capsys):
+    afile, bad = tmp_path / "afile", tmp_path / "bad.safetensors"
+    afile.write_text("x")
+    bad.write_text("not weights")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    common = ["train", "deblur", "--config", "smoke", "--no-progress"]
+    cases = [
+        (["--out", str(afile / "run"), "--cache-dir", str(cache)], "is a file"),
+        (["--out", str(out), "--cache-dir", str(afile)], "--cache-dir"),
+        (["--out", str(out), "--cache-dir", str(cache), "--init-weights", str(bad)], "not a safetensors file"),
+        (["--out", str(out), "--cache-dir", str(cache), "--perceptual", "vgg19", "--vgg-weights", str(bad)], "VGG"),
+    ]
+    if Path("/proc/self").is_dir():  # writes refused whatever the permission bits say (also for root)
+        cases.append((["--out", "/proc/no_such_run", "--cache-dir", str(cache)], "cannot write"))
+    for args, message in cases:
+        code = cli_main([*common, *args])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+        assert not out.exists() and not cache.exists(), args  # no empty run folder, no scenes rendered
+    assert afile.read_text() == "x"
+
+
+def test_checkpoint_errors_say_what_is_wrong(tmp_path, capsys):
+    whole = tmp_path / "model.pt"
+    torch.save({"model": torch.nn.Linear(1, 1)}, whole)  # pickled objects: never loaded
+    partial = tmp_path / "partial.pt"
+    torch.save({"format": 1, "step": 3}, partial)
+    out = str(tmp_path / "w.safetensors")
+    for path, message in ((whole, "not a training checkpoint: it holds Python objects"),
+                          (partial, "lacks epoch, batch_in_epoch, total_steps")):  # fmt: skip
+        assert cli_main(["export", str(path), "-o", out]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "weights_only" not in err and "Traceback" not in err, err
+    run = tmp_path / "run"
+    train(smoke(steps=2), run, progress=False, stop_after=1, **datasets())
+    with pytest.raises(RefocusError, match=r"ngf 4 in the run, 8 now; n_blocks 1 in the run, 2 now"):
+        train(smoke(steps=2, ngf=8, n_blocks=2), run, resume=True, progress=False, **datasets())
+
+
+@pytest.mark.parametrize(("task", "args"), [("deblur", ["--radiance", "true"]), ("deblur", ["--refocus-deltas", "8"]),
+                                           ("deblur", ["--single-stage"]), ("refocus", ["--no-sml"])])
+def test_cli_refuses_options_the_task_would_ignore(tmp_path, capsys, task, args):
+    code = cli_main(["train", task, "--config", "smoke", "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{args[0]} applies to" in err and not (tmp_path / "o").exists(), err
+
+
 def test_cli_reports_a_missing_or_empty_data_path_without_traceback(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -556,15 +681,29 @@ def test_cli_resume_without_a_run_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "no checkpoint" in capsys.readouterr().err
 
 
-def test_resume_is_exact_with_the_real_data_pipeline(tmp_path):
+@pytest.mark.parametrize("task", ["deblur", "refocus"])
+def test_resume_is_exact_with_the_real_data_pipeline(tmp_path, task):
     # the synthetic-scene dataset keeps its own sampling state; the checkpoint must carry it
     pytest.importorskip("training.data")
-    cfg = smoke("deblur", steps=4, train_scenes=1, val_scenes=1, val_every=4, ckpt_every=100,
-                cache_dir=str(tmp_path / "cache"), cache_workers=1)  # fmt: skip
+    extra = {}
+    if task == "refocus":  # a G2 on a mixed radiance: the dataset loads G1 lazily, on its first G1 item
+        extra["radiance"] = f"mix:{_tiny_g1(tmp_path / 'g1.safetensors')}"
+    cfg = smoke(task, steps=4, train_scenes=1, val_scenes=1, val_every=4, ckpt_every=100,
+                cache_dir=str(tmp_path / "cache"), cache_workers=1, **extra)  # fmt: skip
     full = train(cfg, tmp_path / "full", progress=False)
     train(cfg, tmp_path / "part", progress=False, stop_after=2)
     rest = train(cfg, tmp_path / "part", resume=True, progress=False)
     assert [r["loss_g"] for r in rest.history] == pytest.approx([r["loss_g"] for r in full.history[2:]], abs=1e-6)
+
+
+def _tiny_g1(path: Path) -> Path:
+    """An untrained smoke-sized G1 (the identity) exported to ``path``."""
+    from napari_refocusgan.core.networks import Generator, deblur_config
+    from napari_refocusgan.core.weights import save_generator
+
+    torch.manual_seed(0)
+    save_generator(Generator(deblur_config(ngf=4, n_blocks=1)), path, "deblur", {"steps": 0})
+    return path
 
 
 def test_a_mixed_radiance_g2_is_also_validated_on_each_radiance(tmp_path):
@@ -573,9 +712,7 @@ def test_a_mixed_radiance_g2_is_also_validated_on_each_radiance(tmp_path):
     from napari_refocusgan.core.networks import Generator, deblur_config
     from napari_refocusgan.core.weights import file_sha256, save_generator
 
-    g1 = tmp_path / "g1.safetensors"
-    torch.manual_seed(0)
-    save_generator(Generator(deblur_config(ngf=4, n_blocks=1)), g1, "deblur", {"steps": 0})  # the identity
+    g1 = _tiny_g1(tmp_path / "g1.safetensors")
     common = dict(steps=2, train_scenes=1, val_scenes=1, val_size=4, val_every=2, cache_dir=str(tmp_path / "cache"),
                   cache_workers=1)  # fmt: skip
     cfg = smoke("refocus", radiance=f"mix:{g1}", **common)

@@ -214,8 +214,11 @@ def test_view_folder_light_fields_split_and_cache(cache, tmp_path):
     for k, v in enumerate(views.reshape(81, SIZE, SIZE, 3)):
         iio.imwrite(folder / f"input_Cam{k:03d}.png", np.rint(v * 255).astype(np.uint8))
     cfg = make_config(cache, train_scenes=1, test_scenes=0)
-    train = build_dataset("deblur", split="train", config=cfg, data_paths=[str(folder)])
-    assert len(train) == 10  # the synthetic scene only
+    # it would add nothing to training (while the model card named it): refused, saying why
+    for scenes in (1, 0):
+        with pytest.raises(RefocusError, match=r"none of its 1 light field\(s\) is in the training split.*test-only"):
+            build_dataset("deblur", split="train", config=make_config(cache, train_scenes=scenes),
+                          data_paths=[str(folder)])  # fmt: skip
     test = build_dataset("deblur", split="test", config=cfg, data_paths=[str(folder)])
     assert len(test) == 10
     stack, _, _ = focal_stack(data.read_hci_views(folder), StackConfig())

@@ -74,6 +74,11 @@ _OVERRIDES = [
 ]
 
 
+# options that only one task reads
+_TASK_OPTIONS = {"radiance": "refocus", "refocus_deltas": "refocus", "single_stage": "refocus",
+                 "true_radiance_share": "refocus", "no_sml": "deblur"}  # fmt: skip
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train G1 (deblur) or G2 (refocus)", description="Train a generator.")
     p.add_argument("task", choices=TASKS)
@@ -81,7 +86,9 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder: last.pt, log.csv")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out where it stopped, with its saved settings (options given "
-                        "here override them, e.g. a larger --steps)")  # fmt: skip
+                        "here override them, e.g. a larger --steps; the learning rate then follows the new --lr "
+                        "and --steps from the step reached). A run that already did all its --steps is left "
+                        "as it is (exit 0); a --steps below the steps done is an error")  # fmt: skip
     p.add_argument("--data", nargs="+", action="extend", dest="data_paths", metavar="PATH",
                    help="training data (default: synthetic scenes)")  # fmt: skip
     p.add_argument("--perceptual", choices=PERCEPTUAL_CHOICES,
@@ -122,12 +129,17 @@ def _config_from_args(args) -> TrainConfig:
         overrides[name] = getattr(args, name)
     if overrides["steps"] is not None and not args.resume:
         overrides["epochs"] = None
+    for name, task in _TASK_OPTIONS.items():  # silently ignored by the other task otherwise
+        if overrides[name] is not None and args.task != task:
+            raise RefocusError(f"--{name.replace('_', '-')} applies to {task} only, not to {args.task}")
     if args.resume:
         # the run's own settings, with only what this command line changes
         saved = TrainConfig.from_dict(load_checkpoint(args.out / CHECKPOINT_NAME)["config"])
         if saved.task != args.task:
             raise RefocusError(f"{args.out} trains {saved.task}, not {args.task}")
         fields = {**saved.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+        if args.epochs is not None and args.steps is None:
+            fields["steps"] = None  # the run's steps would win over the --epochs asked for here
         del fields["name"], fields["task"]
         return get_config(saved.name, saved.task, **fields)
     cfg = get_config(args.config, args.task, **overrides)
@@ -153,7 +165,7 @@ def _cmd_train(args) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint's generator as plugin weights")
     p.add_argument("checkpoint", type=Path, help="a run's last.pt (or the run folder)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="weights file (.safetensors)")
+    p.add_argument("-o", "--output", required=True, help="weights file (.safetensors)")  # str: keeps a trailing /
     p.add_argument("--name", help="name in the weights registry (default: the file's stem)")
     p.add_argument("--registry", action="store_true", help="add/update the entry in the plugin's registry")
     p.add_argument("--metric", action="append", default=[], type=_metric, metavar="NAME=VALUE",

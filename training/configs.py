@@ -9,6 +9,7 @@ plugin's :class:`~napari_refocusgan.core.networks.GeneratorConfig`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -163,9 +164,17 @@ class TrainConfig:
             raise RefocusError("give the run a length: --steps N (or a config with epochs)")
         if self.steps is not None and self.steps < 1:
             raise RefocusError(f"--steps must be at least 1, got {self.steps}")
-        if self.lr <= 0:
-            raise RefocusError(f"lr must be positive, got {self.lr}")
-        if self.in_focus_weight < 0:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise RefocusError(f"--lr must be a positive number, got {self.lr}")
+        for name, least in (("ngf", 1), ("ndf", 1), ("n_blocks", 0), ("threads", 1), ("seed", 0), ("epochs", 1),
+                            ("train_scenes", 0), ("val_scenes", 0), ("val_size", 0)):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise RefocusError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+        for name in ("adv_weight", "perceptual_weight", "pixel_weight", "ssim_weight", "gp_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise RefocusError(f"{name} must be a number ≥ 0, got {getattr(self, name)}")
+        if not self.in_focus_weight >= 0:  # NaN included
             raise RefocusError(f"--in-focus-weight must be ≥ 0, got {self.in_focus_weight}")
         if self.in_focus_weight and self.task != "deblur":
             raise RefocusError("--in-focus-weight applies to deblur (G1) only")
@@ -234,4 +243,6 @@ def get_config(name: str, task: str, **overrides) -> TrainConfig:
     if unknown:
         raise RefocusError(f"unknown config field(s): {', '.join(sorted(unknown))}")
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("epochs") is not None and overrides.get("steps") is None:
+        cfg = dataclasses.replace(cfg, steps=None)  # epochs asked for: the preset's steps would win over them
     return cfg.validate()

@@ -492,7 +492,8 @@ class FocalStackPairs(Dataset):
         if task not in TASKS:
             raise RefocusError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
         if not scenes:
-            raise RefocusError(f"no {split} scenes for {task}: give train_scenes > 0 or data paths.")
+            raise RefocusError(f"no {split} scenes for {task}: give {split}_scenes > 0 (synthetic scenes) or data "
+                               f"paths with light fields in the {split} split.")  # fmt: skip
         self.task, self.split, self.crop, self.seed = task, split, int(crop), int(seed)
         self.scenes = [CachedScene(p) for p in scenes]
         self.no_sml, self.single_stage = bool(no_sml), bool(single_stage)
@@ -632,7 +633,10 @@ class FocalStackPairs(Dataset):
         if self._g1 is None:
             from napari_refocusgan.core.weights import load_generator
 
-            self._g1 = load_generator(g1_path if kind is not None else source)  # a bare path: G1 weights
+            # building the network draws from torch's global RNG; after a resume this load happens at
+            # another step, so it must leave the training stream untouched for resume to stay exact
+            with torch.random.fork_rng(devices=[]):
+                self._g1 = load_generator(g1_path if kind is not None else source)  # a bare path: G1 weights
         from napari_refocusgan.core.inference import deblur
 
         return np.asarray(deblur(image, self._g1), dtype=np.float32)
@@ -659,6 +663,15 @@ def scene_folders(
         far = split == "train" and has_far_background(seed, far_background)
         jobs.append((synthetic_key(seed, size, far), (seed, far)))
     if data_paths:
+        if split == "train":  # a path adding nothing to training would still be named in the model card
+            for raw in data_paths:
+                files = list_lightfields([raw])
+                if not any(file_split(p) == "train" for p in files):
+                    raise RefocusError(
+                        f"data path {raw}: none of its {len(files)} light field(s) is in the training split (files "
+                        f"are split 70/5/25 % into train/val/test by a hash of their name, and {HCI_MARKER} is "
+                        "test-only), so it would add nothing to training; leave it out or add light fields."
+                    )
         for path in list_lightfields(data_paths):
             if file_split(path) == split:
                 jobs.append((file_key(path), str(path)))

@@ -170,6 +170,22 @@ def load_model(spec: str):
     return weights.load_generator(spec)
 
 
+def load_checked(spec: str | None, option: str, role: str, radiance: bool | None = None):
+    """``load_model(spec)`` (None when not given), with a clear error unless it is a ``role`` generator (and, for
+    G2, one with or without the radiance input as ``radiance`` says)."""
+    if not spec:
+        return None
+    model = load_model(spec)
+    if model.role != role:
+        raise RefocusError(f"{option} {spec} holds a {model.role} generator (G{1 if model.role == 'deblur' else 2}); "
+                           f"{option} needs a {role} one (G{1 if role == 'deblur' else 2})")  # fmt: skip
+    if radiance is not None and (_generator(model).cfg.in_channels == 6) != radiance:
+        other = "--g2-single" if radiance else "--g2"
+        kind = "single-stage (no radiance input)" if radiance else "two-stage (with a radiance input)"
+        raise RefocusError(f"{option} {spec} is a {kind} G2: pass it as {other}")
+    return model
+
+
 def training_radiance(model) -> str:
     """What radiance a G2 was trained on, from its model card: "true", "G1" or "true or G1"."""
     source = str(getattr(model, "metadata", {}).get("radiance", "true"))
@@ -475,8 +491,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+TABLES = ("deblur", "refocus")
+
+
+def _comma_list(text: str, option: str, choices: Sequence[str], *, empty: bool) -> list[str]:
+    items = [t for t in text.split(",") if t]
+    unknown = [t for t in items if t not in choices]
+    if unknown or not (items or empty):
+        raise RefocusError(f"{option} {text!r}: give a comma list of {', '.join(choices)}"
+                           + (f" (unknown: {', '.join(unknown)})" if unknown else ""))  # fmt: skip
+    return items
+
+
+def check_args(args) -> None:
+    """Clear errors for options that cannot work, before any scene is rendered or model run."""
+    from .train import check_writable_folder
+
+    _comma_list(args.tables, "--tables", TABLES, empty=False)
+    _comma_list(args.hci_variants, "--hci-variants", HCI_VARIANTS, empty=True)
+    for option, value, least in (("--synthetic", args.synthetic, 0), ("--pairs-per-scene", args.pairs_per_scene, 1),
+                                 ("--threads", args.threads, 1), ("--scene-size", args.scene_size, 16)):  # fmt: skip
+        if value is not None and value < least:
+            raise RefocusError(f"{option} must be at least {least}, got {value}")
+    check_writable_folder(args.out, "--out")
+    if args.synthetic > 0:
+        check_writable_folder(args.cache_dir, "--cache-dir")
+
+
 def evaluate(args) -> tuple[list[Row], list[str]]:
-    """All requested rows plus notes (skipped data, chosen windows)."""
+    """All requested rows plus notes (skipped data, chosen windows); :func:`main` checks ``args`` first."""
+    # the models first: a wrong one fails before the scenes are rendered
+    g1 = load_checked(args.g1, "--g1", "deblur")
+    g1_nosml = load_checked(args.g1_nosml, "--g1-nosml", "deblur")
+    g2s = [load_checked(spec, "--g2", "refocus", radiance=True) for spec in args.g2]
+    g2_single = load_checked(args.g2_single, "--g2-single", "refocus", radiance=False)
     notes: list[str] = []
     datasets: list[tuple[str, list[EvalScene]]] = []
     if args.synthetic > 0:
@@ -489,7 +537,7 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
         else:
             notes.append(f"none of the {found} light field(s) under --data falls in the test split (a hash of the "
                          "file name puts about 25 % there): no rows for them.")  # fmt: skip
-    variants = [v for v in args.hci_variants.split(",") if v]
+    variants = _comma_list(args.hci_variants, "--hci-variants", HCI_VARIANTS, empty=True)
     if variants:
         if args.hci is not None and (Path(args.hci) / "input_Cam000.png").exists():
             for v in variants:
@@ -497,11 +545,7 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
                 datasets.append((scene.name, [scene]))
         else:
             notes.append(f"HCI scene not found at {args.hci}: its rows are skipped.")
-    g1 = load_model(args.g1) if args.g1 else None
-    g1_nosml = load_model(args.g1_nosml) if args.g1_nosml else None
-    g2s = [load_model(spec) for spec in args.g2]
-    g2_single = load_model(args.g2_single) if args.g2_single else None
-    tables = set(args.tables.split(","))
+    tables = set(_comma_list(args.tables, "--tables", TABLES, empty=False))
     rows: list[Row] = []
     for name, scenes in datasets:
         d_methods = deblur_methods(g1, g1_nosml, classical=not args.no_classical, reference=not args.no_reference)
@@ -518,21 +562,27 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    text = ""
     try:
+        check_args(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         with torch.no_grad():
             rows, notes = evaluate(args)
+        text = markdown_tables(rows)
+        if notes:
+            text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "tables.md").write_text(text)
+            write_csv(args.out / "deblur.csv", [r for r in rows if r.table == "deblur"])
+            write_csv(args.out / "refocus.csv", [r for r in rows if r.table == "refocus"])
+        except OSError as exc:  # checked up front, but the folder may have changed since
+            raise RefocusError(f"cannot write the tables into --out {args.out}: {exc}") from exc
     except RefocusError as exc:
+        print(text, end="")  # the tables, when only writing them failed
         print(f"python -m training evaluate: error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = markdown_tables(rows)
-    if notes:
-        text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    (args.out / "tables.md").write_text(text)
-    write_csv(args.out / "deblur.csv", [r for r in rows if r.table == "deblur"])
-    write_csv(args.out / "refocus.csv", [r for r in rows if r.table == "refocus"])
     print(text)
     return 0
 

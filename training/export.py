@@ -22,6 +22,28 @@ def _training_seconds(log: Path, step: int) -> str:
     return f"{times[-1]:.0f}" if times else ""
 
 
+def _check_registry_use(out: Path, name: str, role: str, registry: bool, registry_path) -> None:
+    """Refuse an export that would break the registry: overwriting a registered file (its sha256 would no
+    longer match), two entries sharing one file, a name of another role replaced, or a role's name."""
+    entries = weights.list_models(registry_path)
+    owner = next((e for e in entries if e.path == out.resolve()), None)
+    if owner is not None and not registry:
+        raise RefocusError(f"{out} is the file of the registered weights {owner.name!r}: overwriting it would fail "
+                           f"their sha256 check; write elsewhere, or replace them with --registry --name {owner.name}")  # fmt: skip
+    if not registry:
+        return
+    if name in weights.ROLES:
+        raise RefocusError(f"--name {name!r} is a role (it selects the role's default weights, so an entry of that "
+                           "name could never be selected); choose another name, e.g. " + f"{name}-custom")  # fmt: skip
+    if owner is not None and owner.name != name:
+        raise RefocusError(f"{out} is already the file of the registered entry {owner.name!r}; two entries cannot "
+                           f"share one file: use --name {owner.name} to replace it, or write to another file")  # fmt: skip
+    same = next((e for e in entries if e.name == name), None)
+    if same is not None and same.role != role:
+        raise RefocusError(f"{name!r} is registered as {same.role} weights and this checkpoint trains {role}: "
+                           "choose another --name")  # fmt: skip
+
+
 def export_checkpoint(
     checkpoint: str | os.PathLike,
     weights_path: str | os.PathLike,
@@ -48,8 +70,12 @@ def export_checkpoint(
     if name:
         card["name"] = name
     out = Path(weights_path)
+    if out.is_dir() or os.fspath(weights_path).endswith(("/", os.sep)):  # Path() drops a trailing slash
+        raise RefocusError(f"{weights_path} names a folder: give the weights file's name, e.g. "
+                           f"{out / (role + '.safetensors')}")  # fmt: skip
     if not out.parent.is_dir():
         raise RefocusError(f"cannot write {out}: folder {out.parent} does not exist")
+    _check_registry_use(out, name or out.stem, role, registry, registry_path)
     weights.save_generator(model, out, role, card)
     if registry:
         weights.register_weights(out, name=name or out.stem, role=role, metadata=card, metrics=metrics,

@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import pickle
 import random
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -46,6 +48,11 @@ from .losses import ContentLoss, PatchCritic, critic_loss, generator_adversarial
 CHECKPOINT_NAME = "last.pt"
 LOG_NAME = "log.csv"
 CHECKPOINT_FORMAT = 1
+# what export, evaluation and --resume read (Trainer.state_dict writes them)
+CHECKPOINT_KEYS = (
+    "step", "epoch", "batch_in_epoch", "total_steps", "world_size", "config", "generator_config", "metadata",
+    "generator", "critic", "opt_g", "opt_d", "sched_g", "sched_d", "rng",
+)  # fmt: skip
 LOG_FIELDS = [
     "step", "epoch", "time_s", "lr", "loss_g", "loss_adv", "loss_content", "loss_pixel", "loss_ssim", "loss_in_focus",
     "loss_d", "w_dist", "gp", "val_psnr", "val_ssim", "val_psnr_true", "val_ssim_true", "val_psnr_g1", "val_ssim_g1",
@@ -75,6 +82,44 @@ def _radiance_g1_sha256(cfg: TrainConfig) -> str:
     or "" when G2 gets the true radiance only."""
     weights = radiance_source(cfg.radiance)[1] if cfg.task == "refocus" and not cfg.single_stage else ""
     return file_sha256(weights_file(weights)) if weights else ""
+
+
+def _init_weights(spec: str, task: str, own: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of the exported generator ``spec`` (--init-weights) and its file's sha256; a clear error
+    unless every tensor fits the network whose state dict is ``own``."""
+    from napari_refocusgan.core.weights import load_generator
+
+    loaded = load_generator(spec, role=task, as_new_file=True)
+    source = loaded.generator.state_dict()
+    wrong = [k for k, v in source.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise RefocusError(f"--init-weights {spec}: {len(wrong)} tensor(s) do not fit this network "
+                           f"(e.g. {', '.join(wrong[:3])}); it needs the same size and δ setting")  # fmt: skip
+    return source, file_sha256(loaded.source)
+
+
+def check_weight_files(cfg: TrainConfig, *, resume: bool) -> None:
+    """Load --init-weights and --vgg-weights once up front: a bad file fails before the scenes are rendered."""
+    with preserved_rng():  # building the networks draws from the global RNGs
+        if cfg.init_weights and not resume:
+            _init_weights(cfg.init_weights, cfg.task, Generator(cfg.generator_config()).state_dict())
+        if cfg.perceptual == "vgg19":
+            ContentLoss(cfg.perceptual, cfg.vgg_weights)
+
+
+def check_writable_folder(path: Path, option: str) -> None:
+    """A clear error, before any work, when ``path`` cannot be (or become) a folder to write in: it or a
+    parent is a file, or the nearest existing folder refuses writes. Leaves nothing behind."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RefocusError(f"{option} {path}: {existing} is a file, not a folder")
+    try:  # a real write: permission bits do not tell for root, read-only mounts or /proc
+        with tempfile.TemporaryDirectory(dir=existing):
+            pass
+    except OSError as exc:
+        raise RefocusError(f"{option} {path}: cannot write in {existing} ({exc.strerror or exc})") from exc
 
 
 def lr_factor(step: int, total_steps: int) -> float:
@@ -181,10 +226,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise RefocusError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False: never for a file given to us, and never needed for ours
+        raise RefocusError(f"{path} is not a training checkpoint: it holds Python objects other than tensors and "
+                           "plain values (a model saved whole?), which are never unpickled here") from exc  # fmt: skip
     except Exception as exc:
-        raise RefocusError(f"cannot read checkpoint {path} (truncated or not a training checkpoint): {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RefocusError(f"cannot read checkpoint {path} (truncated or not a training checkpoint): {first_line}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise RefocusError(f"{path} is not a training checkpoint of this version")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise RefocusError(f"{path} is not a complete training checkpoint: it lacks {', '.join(missing)}")
     return ckpt
 
 
@@ -285,17 +338,10 @@ class Trainer:
     def init_generator(self, spec: str) -> None:
         """Copy the weights of an exported generator into this one (fine-tuning). Every tensor of the file
         must exist here with the same shape; tensors it lacks (a head added since) keep their start."""
-        from napari_refocusgan.core.weights import load_generator
-
-        loaded = load_generator(spec, role="deblur" if self.cfg.task == "deblur" else "refocus", as_new_file=True)
-        source, own = loaded.generator.state_dict(), self.generator.state_dict()
-        wrong = [k for k, v in source.items() if k not in own or own[k].shape != v.shape]
-        if wrong:
-            raise RefocusError(f"--init-weights {spec}: {len(wrong)} tensor(s) do not fit this network "
-                               f"(e.g. {', '.join(wrong[:3])}); it needs the same size and δ setting")  # fmt: skip
+        own = self.generator.state_dict()
+        source, self.init_sha256 = _init_weights(spec, self.cfg.task, own)
         own.update(source)
         self.generator.load_state_dict(own)
-        self.init_sha256 = file_sha256(loaded.source)
 
     def autocast(self):
         """bf16 autocast when the config asks for it and the hardware has it (weights, optimiser and losses stay
@@ -428,6 +474,13 @@ class Trainer:
         self.opt_d.load_state_dict(ckpt["opt_d"])
         self.sched_g.load_state_dict(ckpt["sched_g"])
         self.sched_d.load_state_dict(ckpt["sched_d"])
+        # the schedule is this session's (cfg.lr over total_steps), not the checkpoint's: the optimisers hold
+        # the old schedule's last lr, so a resume with another --lr or a longer --steps would start from it
+        for opt, sched in ((self.opt_g, self.sched_g), (self.opt_d, self.sched_d)):
+            sched.base_lrs = [self.cfg.lr] * len(opt.param_groups)
+            for group in opt.param_groups:
+                group["initial_lr"] = self.cfg.lr
+                group["lr"] = self.cfg.lr * lr_factor(sched.last_epoch, self.total_steps)
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.init_sha256 = ckpt.get("init_sha256", "")
         before = ckpt.get("radiance_sha256", "")
@@ -513,6 +566,17 @@ def _radiance_val_datasets(cfg: TrainConfig) -> dict[str, Dataset]:
     }
 
 
+def _network_differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """The settings that make ``cfg``'s network differ from the one a run was started with."""
+    names = ("task", "ngf", "n_blocks", "no_sml", "single_stage", "refocus_deltas")
+    differ = [f"{n} {getattr(saved, n)!r} in the run, {getattr(cfg, n)!r} now" for n in names
+              if getattr(saved, n) != getattr(cfg, n)]  # fmt: skip
+    if differ:
+        return differ
+    a, b = saved.generator_config().to_dict(), cfg.generator_config().to_dict()  # e.g. a changed default size
+    return [f"generator {k} {a.get(k)!r} in the run, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 def check_data_paths(paths: list[str]) -> None:
     """Clear errors for data paths that cannot hold training data."""
     for p in paths:
@@ -574,12 +638,17 @@ def train(
             raise RefocusError(f"{ckpt_path} was written by {ckpt['world_size']} processes; resume with as many")
         saved = TrainConfig.from_dict(ckpt["config"])
         if saved.generator_config() != cfg.generator_config() or saved.task != cfg.task:
-            raise RefocusError(f"{ckpt_path} holds a different network ({saved.task}, config {saved.name}); "
-                               "resume with the same task and config, or choose another --out")  # fmt: skip
+            raise RefocusError(f"{ckpt_path} holds a different network ({saved.task}, config {saved.name}): "
+                               f"{'; '.join(_network_differences(saved, cfg))}; resume with the run's settings, or "
+                               "choose another --out")  # fmt: skip
     elif ckpt_path.exists():
         raise RefocusError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
+    # everything that can fail on the user's input fails here, before scenes are rendered or --out is made
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(out, "--out")
+    if dataset is None or (val_dataset is None and rank == 0 and cfg.val_size > 0):
+        check_writable_folder(Path(cfg.cache_dir), "--cache-dir")
+    check_weight_files(cfg, resume=ckpt is not None)
 
     seed_everything(cfg.seed + rank)
     with preserved_rng():
@@ -595,6 +664,15 @@ def train(
     if batches_per_epoch == 0:
         raise RefocusError(f"{len(dataset)} training items are fewer than one batch of {cfg.batch_size} per process")
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * batches_per_epoch
+    if ckpt is not None and ckpt["step"] >= total_steps:
+        done = ckpt["step"]
+        if done > total_steps:
+            raise RefocusError(f"{out} has already trained {done} steps, more than the {total_steps} asked for; "
+                               f"give --steps above {done} to continue it")  # fmt: skip
+        if rank == 0:
+            print(f"{out} has already trained all {done} steps: nothing to do (give a larger --steps to continue it)",
+                  file=sys.stderr)  # fmt: skip
+        return TrainResult(out_dir=out, step=done, total_steps=total_steps, stopped_early=False)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     trainer = Trainer(cfg, rank=rank, world=world, total_steps=total_steps)
@@ -618,6 +696,11 @@ def train(
                 items = [ds[int(i)] for i in picks]
             val_batches[suffix] = [_collate(items[i : i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
 
+    if rank == 0:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RefocusError(f"cannot create --out {out}: {exc.strerror or exc}") from exc
     log = RunLog(out / LOG_NAME, trainer.step if ckpt is not None else None) if rank == 0 else None
 
     def write_checkpoint() -> None:
