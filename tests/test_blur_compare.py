@@ -86,9 +86,11 @@ def test_blurs_match_scipy(requires_grad):
 def test_parse_radii():
     assert parse_radii("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert parse_radii("0, 1.5,3") == [0.0, 1.5, 3.0]
-    for bad in ("a:b:c", "0:1:0", "0:1"):
-        with pytest.raises(RefocusError):
+    for bad in ("a:b:c", "0:1:0", "0:1", "0,1,,2"):
+        with pytest.raises(RefocusError, match="must look like"):
             parse_radii(bad)
+    with pytest.raises(RefocusError, match="at most 512 candidate radii"):
+        parse_radii("0:4:1e-300")  # a positive step, but far too many levels
 
 
 # ------------------------------------------------------------------------------------- known defocus
@@ -255,6 +257,7 @@ def test_cli_blur_compare_writes_refocused_and_sigma_map(tmp_path):
         (["--device", "tpu"], "device"),
         (["--sigma-max", "1e9"], "sigma_max"),
         (["--radiance", "{tmp}/missing.png"], "does not exist"),
+        (["--sigma-map", "{tmp}/in.png/sigma.tif"], "is a file, not a folder"),  # checked before writing -o
     ],
 )
 def test_cli_blur_compare_bad_options_are_messages(tmp_path, capsys, extra, message):
@@ -263,3 +266,4 @@ def test_cli_blur_compare_bad_options_are_messages(tmp_path, capsys, extra, mess
     assert main(argv + [a.format(tmp=tmp_path) for a in extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()

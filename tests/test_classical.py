@@ -240,6 +240,9 @@ def test_bad_images_raise_refocus_error(name, image, match):
         lambda im: clahe(im, clip_limit=-1),
         lambda im: clahe(im, tile_size=1),
         lambda im: regionwise_sharpen(im, strong=-1),
+        lambda im: unsharp(im, radius=1e7),  # took minutes and gigabytes before the bound
+        lambda im: sharpen(im, amount=1e300),  # gave NaN: the kernel summed to 0
+        lambda im: regionwise_sharpen(im, radius=300),
         lambda im: apply_classical(im, "median"),
         lambda im: apply_classical(im, "sharpen", radius=2),
     ],
@@ -247,6 +250,13 @@ def test_bad_images_raise_refocus_error(name, image, match):
 def test_bad_parameters_raise_refocus_error(call):
     with pytest.raises(RefocusError):
         call(_texture(0, (16, 16)))
+
+
+@pytest.mark.parametrize("value", [0.0, 0.2, 1.0])
+def test_clahe_leaves_a_constant_image_as_it_is(value):
+    """scikit-image stretches the luminance first; with no range to stretch it made every constant white."""
+    for image in (np.full((16, 20), value, np.float32), np.full((16, 20, 3), value, np.float32)):
+        np.testing.assert_array_equal(clahe(image), image)
 
 
 def test_apply_classical_passes_parameters():
@@ -287,6 +297,20 @@ def test_cli_classical_options_and_uint16_gray(tmp_path):
     assert res.dtype == np.uint16 and res.shape == img.shape
     expected = sharpen(img.astype(np.float32) / 65535, 7, 2.0)
     assert np.abs(res / 65535 - expected).max() < 2e-5
+
+
+def test_cli_classical_runs_stacks_slice_by_slice_and_keeps_the_layout(tmp_path):
+    stack = np.rint(np.stack([_colour_texture(s, 24) for s in (1, 2, 3)]) * 255).astype(np.uint8)
+    src = write_image(tmp_path / "stack.tif", stack)
+    assert main(["classical", str(src), "--method", "unsharp", "-o", str(tmp_path / "out.tif")]) == 0
+    res = read_image(tmp_path / "out.tif")
+    assert res.shape == stack.shape and res.dtype == np.uint8
+    for s in range(3):
+        expected = apply_classical(stack[s].astype(np.float32) / 255, "unsharp")
+        assert np.abs(res[s] / 255 - expected).max() <= 1 / 255 + 1e-6
+    one_channel = write_image(tmp_path / "c1.tif", stack[0, ..., :1])  # (H, W, 1) stays (H, W, 1)
+    assert main(["classical", str(one_channel), "--method", "sharpen", "-o", str(tmp_path / "c1o.tif")]) == 0
+    assert read_image(tmp_path / "c1o.tif").shape == (24, 24, 1)
 
 
 def test_cli_classical_bad_input_exits_2(tmp_path, capsys):

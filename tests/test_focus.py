@@ -85,6 +85,8 @@ def test_tiny_and_bad_inputs():
     with pytest.raises(RefocusError, match="ambiguous"):
         sml(np.zeros((6, 8, 2), np.float32))
     assert sml(np.zeros((6, 8, 2), np.float32), rgb=False).shape == (6, 8, 2)  # said explicitly: a stack
+    img = _texture()
+    np.testing.assert_array_equal(sml(img[..., None]), sml(img))  # (H, W, 1) is one gray image, not H of W×1
 
 
 def test_input_not_modified():

@@ -194,7 +194,8 @@ def test_synthetic_depth_index_follows_plane_order(scene_stack):
     [
         (np.zeros((0, 8, 8, 3), np.float32), "empty"),
         (np.zeros((1, 8, 8, 3), np.float32), "at least 2 slices"),
-        (np.zeros((8, 8, 3), np.float32), "single colour image"),
+        (np.zeros((8, 8, 3), np.float32), "single image"),
+        (np.zeros((8, 8, 1), np.float32), "single image"),  # not 8 slices one pixel wide
         (np.zeros((8, 8), np.float32), "focal stack must be"),
         (np.full((3, 8, 8, 3), np.nan, np.float32), "NaN"),
     ],
@@ -208,7 +209,7 @@ def test_bad_stacks_raise_refocus_error(stack, match):
     "kwargs",
     [
         dict(measures=("sml", "entropy")), dict(measures=()), dict(measures="entropy"), dict(window=4),
-        dict(window=5.5), dict(blend_sigma=-1.0), dict(blend_sigma="a"), dict(rgb=False),
+        dict(window=5.5), dict(blend_sigma=-1.0), dict(blend_sigma="a"), dict(blend_sigma=1e7), dict(rgb=False),
     ],  # fmt: skip
 )
 def test_bad_options_raise_refocus_error(kwargs):

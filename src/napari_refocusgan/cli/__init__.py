@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        print(f"refocusgan {args.command}: error: out of memory; try a smaller --tile or image", file=sys.stderr)
+        print(f"refocusgan {args.command}: error: out of memory; try a smaller image (or --tile)", file=sys.stderr)
         return 3
 
 

@@ -11,7 +11,7 @@ from ..core import classical
 from ..core import focus_stacking as fs
 from ..core.errors import RefocusError
 from ..core.focus import FOCUS_MEASURES, SMLParams
-from ..core.imaging import as_rgb, check_output_path, from_float, read_image, write_image
+from ..core.imaging import as_rgb, check_output_path, from_float, image_slices, read_image, store_slice, write_image
 from ..core.inference import pick_device
 
 
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_classical(args: argparse.Namespace) -> int:
     raw = read_image(args.image)
     out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=(args.image,))
-    img = as_rgb(raw, name=args.image)
+    arr, slices, _ = image_slices(raw, None, args.image)
     method = args.method
     if method == "sharpen":
         params = dict(size=args.kernel_size, amount=args.sharpen_amount)
@@ -112,9 +112,13 @@ def cmd_classical(args: argparse.Namespace) -> int:
             weak=args.weak,
             params=SMLParams(window=args.sml_window),
         )
-    out = classical.apply_classical(img.rgb, method, **params)
-    path = write_image(out_path, img.restore(out))
-    print(f"wrote {path}: {method} {params}")
+    out = None
+    for index in slices:  # a stack (…, H, W[, C]) slice by slice
+        img = as_rgb(arr[index], name=args.image)
+        result = img.restore(classical.apply_classical(img.rgb, method, **params))
+        out = store_slice(out, result, arr.shape, slices, index)
+    path = write_image(out_path, out)
+    print(f"wrote {path}: {method} {params}" + (f", {len(slices)} slices" if len(slices) > 1 else ""))
     return 0
 
 
@@ -136,7 +140,7 @@ def cmd_blur_compare(args: argparse.Namespace) -> int:
         kernel=args.kernel,
         device=pick_device(args.device),
     )
-    path = write_image(out_path, img.restore(result.refocused))
+    path = write_image(out_path, store_slice(None, img.restore(result.refocused), raw.shape, [()], ()))
     print(f"wrote {path}: σ_max {result.sigma_max:.3g} px, σ range {result.sigma.min():.3g}..{result.sigma.max():.3g}")
     if args.sigma_map:
         print(f"wrote {write_image(args.sigma_map, result.sigma)}: defocus radius σ (px)")

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image")
     p.add_argument("-o", "--out", required=True)
     add_sml_arguments(p)
+    p.add_argument("--gray", action="store_true", help="gray slices (S, H, W) even if the last axis is 3 or 4 long")
     p.set_defaults(func=cmd_sml)
 
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded synthetic sample")
@@ -86,7 +87,7 @@ def cmd_focal_stack(args: argparse.Namespace) -> int:
 def cmd_sml(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     out = check_output_path(args.out, inputs=(args.image,), float_data=True)
-    m = sml(image, sml_params(args))
+    m = sml(image, sml_params(args), rgb=False if args.gray else None)
     write_image(out, m)
     print(f"wrote {out}: SML {m.shape}, range {m.min():.4g}..{m.max():.4g}")
     return 0

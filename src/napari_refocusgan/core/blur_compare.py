@@ -168,12 +168,19 @@ def parse_radii(text: str) -> list[float]:
     try:
         if ":" in t:
             start, stop, step = (float(v) for v in t.split(":"))
-            if step <= 0:
+            if not step > 0:
                 raise ValueError
-            return np.round(np.arange(start, stop + step / 2, step), 6).tolist()
-        return [float(v) for v in t.split(",") if v.strip()]
+        else:
+            items = t.split(",")
+            if not all(v.strip() for v in items):
+                raise ValueError  # "0,1,,2": a typo, not a list of radii
+            return [float(v) for v in items]
     except ValueError as exc:
         raise RefocusError(f"radii must look like START:STOP:STEP (step > 0) or R1,R2,…; got {text!r}.") from exc
+    count = (stop - start) / step + 1
+    if not count <= MAX_LEVELS:  # also NaN and inf; checked before np.arange allocates them
+        raise RefocusError(f"at most {MAX_LEVELS} candidate radii; {text!r} gives {count:.3g}.")
+    return np.round(np.arange(start, stop + step / 2, step), 6).tolist()
 
 
 def _hat_weights(values: torch.Tensor, levels: np.ndarray, j: int) -> torch.Tensor:

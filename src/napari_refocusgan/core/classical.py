@@ -39,10 +39,18 @@ def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return to_float(arr, name=name)
 
 
-def _finite_positive(value: float, what: str, *, allow_zero: bool = True) -> float:
+# Beyond these the result no longer changes (a blur wider than any image; a gain that saturates every
+# edge) while the cost or the rounding does: a 1e7 px radius took minutes and gigabytes on a tiny image.
+MAX_RADIUS = 256.0
+MAX_AMOUNT = 1000.0
+
+
+def _finite_positive(value: float, what: str, *, allow_zero: bool = True, most: float = math.inf) -> float:
     v = float(value)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise RefocusError(f"{what} must be a finite number {'≥' if allow_zero else '>'} 0, got {value}.")
+    if v > most:
+        raise RefocusError(f"{what} must be at most {most:g}, got {value}.")
     return v
 
 
@@ -62,7 +70,7 @@ def sharpening_kernel(size: int = 3, amount: float = 1.0) -> np.ndarray:
         size = int(size)  # 5.0 from a float spin box or a config file
     if not isinstance(size, (int, np.integer)) or size not in SHARPEN_SIZES:
         raise RefocusError(f"sharpening kernel size must be one of {SHARPEN_SIZES}, got {size!r}.")
-    amount = _finite_positive(amount, "sharpening amount", allow_zero=False)
+    amount = _finite_positive(amount, "sharpening amount", allow_zero=False, most=MAX_AMOUNT)
     n2 = size * size
     kernel = -np.ones((size, size), dtype=np.float64)
     kernel[size // 2, size // 2] = n2 - 1 + n2 / amount
@@ -119,6 +127,8 @@ def _clahe_gray(gray: np.ndarray, clip_limit: float, tile_size: int | None) -> n
         kernel_size = None  # scikit-image default: 1/8 of each side, like OpenCV's 8×8 tile grid
     else:
         kernel_size = (min(int(tile_size), h), min(int(tile_size), w))
+    if np.ptp(gray) == 0:  # no contrast to equalise; scikit-image's stretch would make it white
+        return gray.copy()
     # The report's clip limits (2–4) are OpenCV's: a multiple of the mean bin count (tile pixels / bins);
     # scikit-image wants a fraction of the tile pixels, so divide by the number of bins.
     return equalize_adapthist(gray, kernel_size=kernel_size, clip_limit=clip_limit / nbins, nbins=nbins)
@@ -139,7 +149,8 @@ def clahe(image: np.ndarray, clip_limit: float = 2.0, tile_size: int | None = No
 
     ``clip_limit``: OpenCV convention, a multiple of the mean histogram bin count (the report's 2–4;
     larger = more contrast). ``tile_size``: contextual-region side in px (None = 1/8 of the image side).
-    scikit-image's ``equalize_adapthist`` first stretches the luminance to the full [0, 1] range.
+    scikit-image's ``equalize_adapthist`` first stretches the luminance to the full [0, 1] range; a constant
+    image, with nothing to stretch, is returned as it is.
     """
     clip_limit, tile_size = _check_clahe(clip_limit, tile_size)
     return apply_on_luminance(image, lambda y: _clahe_gray(y, clip_limit, tile_size))
@@ -190,8 +201,8 @@ def regionwise_sharpen(
     """The report's proposed next step: unsharp masking whose amount follows the SML focus map — ``strong``
     where the image looks blurred, ``weak`` where it is already sharp (linear in :func:`blur_map`)."""
     img = _check_image(image)
-    strong = _finite_positive(strong, "strong amount")
-    weak = _finite_positive(weak, "weak amount")
+    strong = _finite_positive(strong, "strong amount", most=MAX_AMOUNT)
+    weak = _finite_positive(weak, "weak amount", most=MAX_AMOUNT)
     b = blur_map(img, params, sharp_quantile=sharp_quantile)
     if img.ndim == 3:
         b = b[..., None]
@@ -206,8 +217,8 @@ def unsharp_mask_unclipped(image: np.ndarray, radius: float, amount: float) -> n
     """scikit-image's unsharp masking without its final clip (``preserve_range``), channel axis 2 for RGB."""
     from skimage.filters import unsharp_mask
 
-    radius = _finite_positive(radius, "unsharp radius", allow_zero=False)
-    amount = _finite_positive(amount, "unsharp amount")
+    radius = _finite_positive(radius, "unsharp radius", allow_zero=False, most=MAX_RADIUS)
+    amount = _finite_positive(amount, "unsharp amount", most=MAX_AMOUNT)
     return unsharp_mask(
         image, radius=radius, amount=amount, preserve_range=True, channel_axis=2 if image.ndim == 3 else None
     )

@@ -94,6 +94,8 @@ def sml(
     Returns float32 (..., H, W), one map per 2-D slice.
     """
     arr = np.asarray(image)
+    if rgb is not False and arr.ndim >= 3 and arr.shape[-1] == 1:
+        arr, rgb = arr[..., 0], False  # (…, H, W, 1): one gray channel, as the other tools read it
     if rgb is None:
         if arr.ndim == 3 and arr.shape[-1] == 2:
             # gray + alpha, or a stack of 2-pixel-wide images? Guessing either silently gives wrong maps.

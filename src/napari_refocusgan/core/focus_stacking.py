@@ -27,6 +27,7 @@ from .imaging import to_float
 DEFAULT_MEASURES = ("sml", "tenengrad", "laplacian_variance", "gradient_energy")
 DEFAULT_WINDOW = 9
 DEFAULT_BLEND_SIGMA = 1.5
+MAX_BLEND_SIGMA = 256.0  # wider smooths nothing more, but its Gaussian costs minutes and gigabytes
 
 
 def _stack_layout(stack: np.ndarray, rgb: bool | None) -> bool:
@@ -37,9 +38,9 @@ def _stack_layout(stack: np.ndarray, rgb: bool | None) -> bool:
     if rgb is None:
         if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
             rgb = True
-        elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
             raise RefocusError(
-                f"shape {arr.shape} looks like a single colour image, not a focal stack; a stack is "
+                f"shape {arr.shape} looks like a single image, not a focal stack; a stack is "
                 "(slices, H, W) gray or (slices, H, W, 3) colour (for a gray stack 3 or 4 pixels wide, "
                 "pass rgb=False, or --gray on the command line)."
             )
@@ -120,8 +121,8 @@ def all_in_focus(
     rgb = _stack_layout(stack, rgb)
     if isinstance(measures, str):
         measures = [measures]  # one name, not a sequence of letters
-    if not (isinstance(blend_sigma, (int, float, np.number)) and blend_sigma >= 0 and np.isfinite(blend_sigma)):
-        raise RefocusError(f"blend_sigma must be a finite number ≥ 0, got {blend_sigma!r}.")
+    if not (isinstance(blend_sigma, (int, float, np.number)) and 0 <= blend_sigma <= MAX_BLEND_SIGMA):
+        raise RefocusError(f"blend_sigma must be a number from 0 to {MAX_BLEND_SIGMA:g} px, got {blend_sigma!r}.")
     if not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
         raise RefocusError(f"focus-measure window must be a positive odd number, got {window}.")
     data = to_float(stack, name="focal stack")  # a new float32 array: the caller's stack is never touched

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import secrets
 import shutil
@@ -97,13 +98,59 @@ def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1) -> RGBI
         rgb, alpha = f[..., :3], (f[..., 3] if arr.shape[-1] == 4 else None)
     else:
         raise RefocusError(
-            f"{name} has shape {arr.shape}; expected a 2-D gray image (H, W) or colour (H, W, 3|4). "
-            "For stacks use the per-slice tools."
+            f"{name} has shape {arr.shape}; expected a 2-D gray image (H, W) or colour (H, W, 3|4): this tool "
+            "takes one image at a time."
         )
     h, w = rgb.shape[:2]
     if h < min_size or w < min_size:
         raise RefocusError(f"{name} is {h}×{w} pixels; at least {min_size}×{min_size} is needed.")
     return RGBImage(np.ascontiguousarray(rgb), alpha, was_gray, arr.dtype)
+
+
+def image_slices(
+    image, rgb: bool | None, name: str, *, min_size: int = 1, needed_by: str = "this tool"
+) -> tuple[np.ndarray, list[tuple], tuple[int, int]]:
+    """Validate an image or stack (…, H, W[, C]) and list its 2-D slices: (array, slice indices, (H, W)).
+
+    ``rgb``: whether the last axis holds colour (1, 3 or 4 channels); guessed when None. Images smaller than
+    ``min_size`` pixels a side are refused, naming ``needed_by``.
+    """
+    arr = np.asarray(image)
+    if arr.dtype.kind not in "uf" or (arr.dtype.kind == "u" and arr.dtype.itemsize > 2):
+        raise RefocusError(f"{name} has dtype {arr.dtype}; expected uint8, uint16 or float.")
+    if arr.size == 0:
+        raise RefocusError(f"{name} is empty (shape {arr.shape}).")
+    if arr.dtype.kind == "f":
+        check_float_range(arr, name=name)
+    if rgb is None:
+        rgb = arr.ndim >= 3 and arr.shape[-1] in (1, 3, 4)
+        if arr.ndim == 3 and arr.shape[-1] < 8 and not rgb:  # 2, 5, 6, 7: neither colour nor a likely width
+            raise RefocusError(
+                f"{name} has shape {arr.shape}: a last axis of {arr.shape[-1]} is neither colour (3 or 4) nor an "
+                "image width; expected (H, W), (H, W, 3|4) or stacks (..., H, W[, 3|4])."
+            )
+    if rgb and (arr.ndim < 3 or arr.shape[-1] not in (1, 3, 4)):
+        raise RefocusError(f"{name} has shape {arr.shape}; colour images need a last axis of 3 or 4.")
+    spatial = 3 if rgb else 2
+    if arr.ndim < spatial:
+        raise RefocusError(f"{name} has shape {arr.shape}; expected a 2-D image (H, W) or (H, W, 3|4).")
+    lead_shape = arr.shape[: arr.ndim - spatial]
+    h, w = arr.shape[len(lead_shape) : len(lead_shape) + 2]
+    if h < min_size or w < min_size:
+        raise RefocusError(f"{name} is {h}×{w} pixels; {needed_by} need at least {min_size}×{min_size}.")
+    return arr, list(np.ndindex(*lead_shape)) if lead_shape else [()], (h, w)
+
+
+def store_slice(out: np.ndarray | None, result: np.ndarray, shape: tuple, lead: list[tuple], index: tuple) -> np.ndarray:
+    """Put the result of slice ``index`` of an input of ``shape`` (slices ``lead``, from :func:`image_slices`)
+    in place; the first call allocates ``out``. (H, W, 1) input gets (H, W, 1) back, not (H, W)."""
+    result = result.reshape(shape[len(index) :]) if result.size == math.prod(shape[len(index) :]) else result
+    if lead == [()]:
+        return result
+    if out is None:
+        out = np.empty(shape[: len(index)] + result.shape, dtype=result.dtype)
+    out[index] = result
+    return out
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
@@ -217,6 +264,11 @@ def check_output_path(
         raise RefocusError(f"output {out} is a folder; give a file name.")
     if any(i is not None and Path(i).resolve() == out.resolve() for i in inputs):
         raise RefocusError(f"output {out} is an input file or another output; write the result under another name.")
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:  # write_image makes missing folders
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RefocusError(f"output {out}: {existing} is a file, not a folder.")
     if suffix in TIFF_SUFFIXES:
         return out
     if float_data:
@@ -288,6 +340,8 @@ def _write_file(path: Path, image: np.ndarray, shown: Path, suffix: str) -> None
             return
         if image.dtype not in (np.uint8, np.uint16):
             image = from_float(image, np.uint8)
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]  # PNG/JPEG have no one-channel layout but gray
         if image.dtype == np.uint16 and image.ndim == 3 and image.shape[-1] in (3, 4) and suffix == ".png":
             _write_16bit_colour_png(path, image)
         else:

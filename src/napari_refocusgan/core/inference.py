@@ -52,7 +52,7 @@ from .blur_compare import gaussian_kernel1d
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn
 from .focus import SMLParams, focus_channel
-from .imaging import as_rgb, check_float_range
+from .imaging import as_rgb, image_slices, store_slice
 from .networks import Generator, GeneratorConfig, InstanceNorm
 from .weights import LoadedModel
 
@@ -319,7 +319,7 @@ def deblur(
     settings = _settings(device, tile, margin, precision)
     params = sml_params or file_sml
     params.check()
-    arr, lead, hw = _layout(image, rgb, "image")
+    arr, lead, hw = image_slices(image, rgb, "image", min_size=MIN_SIZE, needed_by="the networks")
     tracker = _Progress(progress, cancel, len(lead) * _units(settings, hw, generator))
     out = None
     with _prepared(generator, settings, hw) as run:
@@ -331,7 +331,7 @@ def deblur(
             src.rgb = None  # x holds the pixels now; on huge images every full-size copy counts
             y = _forward(generator, x, None, settings, run, tracker)
             del x
-            out = _store(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
+            out = store_slice(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
     return out
 
 
@@ -360,12 +360,12 @@ def refocus(
     generator, _ = _unwrap(model, "refocus")
     d = check_delta(generator, delta)
     settings = _settings(device, tile, margin, precision)
-    arr, lead, hw = _layout(image, rgb, "image")
+    arr, lead, hw = image_slices(image, rgb, "image", min_size=MIN_SIZE, needed_by="the networks")
     needs_radiance = generator.cfg.in_channels == 6
     rad = None
     g1 = None
     if needs_radiance and radiance is not None:
-        rad, rad_lead, rad_hw = _layout(radiance, None, "radiance")
+        rad, rad_lead, rad_hw = image_slices(radiance, None, "radiance", min_size=MIN_SIZE, needed_by="the networks")
         if rad_lead != lead or rad_hw != hw:
             raise RefocusError(f"radiance has shape {rad.shape}; it must match the image's {arr.shape}.")
     elif needs_radiance:
@@ -405,7 +405,7 @@ def refocus(
             src.rgb = rad01 = None  # x holds the pixels now
             y = _forward(generator, x, d, settings, run, tracker)
             del x
-            out = _store(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
+            out = store_slice(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
     return out
 
 
@@ -417,45 +417,6 @@ def _settings(device, tile, margin, precision) -> RunSettings:
     s.check()
     _autocast_dtype(s.device or torch.device("cpu"), precision)  # validates the name early
     return s
-
-
-def _layout(image, rgb: bool | None, name: str) -> tuple[np.ndarray, list[tuple], tuple[int, int]]:
-    """Validate ``image`` and list its 2-D slices: (array, slice indices, (H, W))."""
-    arr = np.asarray(image)
-    if arr.dtype.kind not in "uf" or (arr.dtype.kind == "u" and arr.dtype.itemsize > 2):
-        raise RefocusError(f"{name} has dtype {arr.dtype}; expected uint8, uint16 or float.")
-    if arr.size == 0:
-        raise RefocusError(f"{name} is empty (shape {arr.shape}).")
-    if arr.dtype.kind == "f":
-        check_float_range(arr, name=name)
-    if rgb is None:
-        rgb = arr.ndim >= 3 and arr.shape[-1] in (1, 3, 4)
-        if arr.ndim == 3 and arr.shape[-1] < MIN_SIZE and not rgb:
-            raise RefocusError(
-                f"{name} has shape {arr.shape}: a last axis of {arr.shape[-1]} is neither colour (3 or 4) nor an "
-                "image width; expected (H, W), (H, W, 3|4) or stacks (..., H, W[, 3|4])."
-            )
-    if rgb and (arr.ndim < 3 or arr.shape[-1] not in (1, 3, 4)):
-        raise RefocusError(f"{name} has shape {arr.shape}; colour images need a last axis of 3 or 4.")
-    spatial = 3 if rgb else 2
-    if arr.ndim < spatial:
-        raise RefocusError(f"{name} has shape {arr.shape}; expected a 2-D image (H, W) or (H, W, 3|4).")
-    lead_shape = arr.shape[: arr.ndim - spatial]
-    h, w = arr.shape[len(lead_shape) : len(lead_shape) + 2]
-    if h < MIN_SIZE or w < MIN_SIZE:
-        raise RefocusError(f"{name} is {h}×{w} pixels; the networks need at least {MIN_SIZE}×{MIN_SIZE}.")
-    return arr, list(np.ndindex(*lead_shape)) if lead_shape else [()], (h, w)
-
-
-def _store(out: np.ndarray | None, result: np.ndarray, shape: tuple, lead: list[tuple], index: tuple) -> np.ndarray:
-    """Put one slice's result in place; (H, W, 1) input gets (H, W, 1) back, not (H, W)."""
-    result = result.reshape(shape[len(index) :]) if result.size == math.prod(shape[len(index) :]) else result
-    if lead == [()]:
-        return result
-    if out is None:
-        out = np.empty(shape[: len(index)] + result.shape, dtype=result.dtype)
-    out[index] = result
-    return out
 
 
 def _units(settings: RunSettings, hw: tuple[int, int], generator: Generator) -> int:
