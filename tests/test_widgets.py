@@ -254,6 +254,21 @@ def test_layer_dropdown_follows_the_layer_list(viewer):
     assert list(widget._image.choices) == [b]
 
 
+@pytest.mark.parametrize(
+    "display_name, combo", [("Refocus", "_image"), ("Refocus", "_radiance"), ("Focus stacking", "_stack")]
+)
+def test_renaming_the_chosen_layer_keeps_it_chosen(viewer, display_name, combo):
+    """magicgui finds the choice again by name: the first layer was chosen instead, and silently used."""
+    widget = dock(viewer, display_name)
+    layers = [viewer.add_image(np.zeros((3, 8, 8)), name=n) for n in "abc"]
+    box = getattr(widget, combo)
+    box.value = layers[1]
+    layers[1].name = "b renamed"
+    assert box.value is layers[1]
+    layers[2].name = "c renamed"  # renaming another layer changes nothing either
+    assert box.value is layers[1]
+
+
 # --------------------------------------------------------------------------------------------- workers
 
 
@@ -271,9 +286,13 @@ def test_threaded_sml_run_finishes_and_shows_the_result(make_napari_viewer, qtbo
     assert notes.errors() == []
 
 
-@pytest.mark.parametrize("display_name", ["Focus measure (SML)", "Deblur (radiance)", "Refocus", "Focus stacking"])
+@pytest.mark.parametrize(
+    "display_name, slice_shown",
+    [("Focus measure (SML)", False), ("Deblur (radiance)", False), ("Refocus", False), ("Refocus", True),
+     ("Classical", True), ("Focus stacking", False)],
+)  # fmt: skip
 def test_lazy_layers_are_read_in_the_worker_not_the_gui_thread(
-    make_napari_viewer, qtbot, notes, monkeypatch, display_name
+    make_napari_viewer, qtbot, notes, monkeypatch, display_name, slice_shown
 ):
     """A dask-backed layer (big files opened lazily) is computed in the task, never while the GUI waits."""
     dask = pytest.importorskip("dask")
@@ -291,11 +310,13 @@ def test_lazy_layers_are_read_in_the_worker_not_the_gui_thread(
     layer = viewer.add_image(da.from_array(data, chunks=(1, 32, 32)).map_blocks(record, dtype=data.dtype), name="lazy")
     widget = dock(viewer, display_name)
     (widget._stack if display_name == "Focus stacking" else widget._image).value = layer
+    if display_name == "Refocus":
+        widget._slice_only.value = slice_shown
     read_in.clear()  # napari itself reads the slice it shows
     widget._run_button.clicked()
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60000)
     assert widget.runner.last_status == "done", notes.errors()
-    assert len(read_in) >= 3 and threading.main_thread() not in read_in
+    assert len(read_in) == (1 if slice_shown else 3) and threading.main_thread() not in read_in
     if display_name == "Focus measure (SML)":
         np.testing.assert_allclose(viewer.layers["lazy SML"].data, sml(data), atol=1e-7)
 
@@ -850,6 +871,22 @@ def test_threaded_refocus_coalesces_delta_changes(make_napari_viewer, qtbot, tin
 
 
 # --------------------------------------------------------------------------------------------- classical
+
+
+def test_results_are_shown_with_the_contrast_limits_of_their_input(viewer, notes):
+    """A dim float image shown at (0, 0.01) gave results pinned to (0, 1): black beside their input."""
+    dim = viewer.add_image(textured_image(11)[..., 0] * 0.01, name="dim", contrast_limits=(0, 0.01))
+    counts = viewer.add_image((textured_image(12)[..., 0] * 4000).astype(np.uint16), name="counts",
+                              contrast_limits=(100, 3000))  # fmt: skip
+    widget = dock(viewer, "Classical")
+    widget._method.value = "unsharp"
+    for layer in (dim, counts):
+        widget._image.value = layer
+        widget._run_button.clicked()
+        out = viewer.layers[f"{layer.name} unsharp"]
+        assert out.data.dtype == layer.data.dtype
+        np.testing.assert_allclose(out.contrast_limits, layer.contrast_limits)
+    assert notes.errors() == []
 
 
 def test_classical_widget_methods_match_core(viewer, notes):

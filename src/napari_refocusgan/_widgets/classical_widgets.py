@@ -20,6 +20,7 @@ from ..core.imaging import as_rgb
 from .layer_io import (
     OutputLayers,
     chosen_layer,
+    display_like,
     displayed_image,
     follow_layer_list,
     image_layer_combo,
@@ -153,11 +154,10 @@ class ClassicalWidget(Container):
         try:
             layer = chosen_layer(self._image, "an image layer")
             # one image: of a stack, the slice on screen
-            data, index = displayed_image(self._viewer, layer)
-            radiance = None
+            read, index = displayed_image(self._viewer, layer)
             if method == BLUR_AND_COMPARE:
                 radiance_layer = chosen_layer(self._radiance, "a radiance layer (the all-in-focus image)")
-                radiance, radiance_index = displayed_image(self._viewer, radiance_layer)
+                read_radiance, radiance_index = displayed_image(self._viewer, radiance_layer)
             params = _parameter_values(self.parameters)
         except Exception as exc:
             self.runner.fail(exc, description=description)
@@ -175,13 +175,13 @@ class ClassicalWidget(Container):
                 base["radiance_slice"] = list(radiance_index)
 
             def task(progress: ProgressFn, cancel: CancelFn):
-                return blur_and_compare(data, radiance, **params, progress=progress, cancel=cancel)
+                return blur_and_compare(read(), read_radiance(), **params, progress=progress, cancel=cancel)
 
             def show(result) -> None:
                 out_rgb = result.refocused.ndim == 3
                 metadata = {**base, "sigma_max_used": result.sigma_max}
                 self._outputs.show(layer, method, result.refocused, name=f"{source} {method}", metadata=metadata,
-                                   rgb=out_rgb, contrast_limits=(0.0, 1.0), **placement)  # fmt: skip
+                                   rgb=out_rgb, **display_like(layer, result.refocused), **placement)  # fmt: skip
                 self._outputs.show(layer, "σ defocus map", result.sigma, name=f"{source} σ defocus map",
                                    metadata={**metadata, "units": "px (blur radius of the input)"}, colormap="magma",
                                    **placement)  # fmt: skip
@@ -190,14 +190,13 @@ class ClassicalWidget(Container):
 
             def task(progress: ProgressFn, cancel: CancelFn):
                 progress(0, 1)
-                out = run_classical(data, method, params)
+                out = run_classical(read(), method, params)
                 progress(1, 1)
                 return out
 
             def show(out: np.ndarray) -> None:
-                limits = {"contrast_limits": (0.0, 1.0)} if out.dtype.kind == "f" else {}
                 self._outputs.show(layer, method, out, name=f"{source} {method}", metadata=base, rgb=rgb,
-                                   **limits, **placement)  # fmt: skip
+                                   **display_like(layer, out), **placement)  # fmt: skip
 
         self.runner.run(task, show, description=description)
 

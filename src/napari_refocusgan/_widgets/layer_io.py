@@ -40,9 +40,28 @@ def image_layer_combo(
 
     # Not `nullable`: that would add magicgui's own "-----" entry next to ours.
     combo = ComboBox(label=label, choices=choices, tooltip=tooltip)
+    _keep_the_choice_through_renames(combo)
     if prefer is not None:
         _keep_a_preferred_choice(combo, prefer)
     return combo
+
+
+def _keep_the_choice_through_renames(combo: ComboBox) -> None:
+    """Keep the chosen layer chosen when the choices are reset. magicgui finds the current choice again by
+    its name, so renaming the chosen layer selected the first layer instead, and the next run (or δ turn)
+    worked on a layer the user never chose."""
+    reset = combo.reset_choices
+
+    def reset_keeping_the_layer(*args: Any) -> None:
+        chosen = _unproxied(combo.value)
+        reset(*args)
+        if chosen is None or _unproxied(combo.value) is chosen:
+            return
+        same = next((layer for layer in combo.choices if layer is not None and _unproxied(layer) is chosen), None)
+        if same is not None:
+            combo.value = same
+
+    combo.reset_choices = reset_keeping_the_layer
 
 
 def _keep_a_preferred_choice(combo: ComboBox, prefer: Callable[[Image], bool]) -> None:
@@ -135,18 +154,19 @@ def layer_data_later(layer: Image) -> Callable[[], np.ndarray]:
     return lambda: np.array(lazy, copy=True)
 
 
-def displayed_image(viewer, layer: Image) -> tuple[np.ndarray, tuple[int, ...]]:
-    """A private copy of the one 2-D image (gray or colour) of ``layer`` that the viewer shows, and its
-    indices: the whole layer (indices ``()``), or for a stack (slices, time, z, …) the slice at the viewer's
-    current position. Only that slice is read, also from a lazy (dask) layer."""
+def displayed_image(viewer, layer: Image) -> tuple[Callable[[], np.ndarray], tuple[int, ...]]:
+    """The one 2-D image (gray or colour) of ``layer`` that the viewer shows, as :func:`layer_data_later`
+    gives it (a function returning a private copy, for the worker thread), and its indices: the whole layer
+    (indices ``()``), or for a stack (slices, time, z, …) the slice at the viewer's current position. Only
+    that slice is read, also from a lazy (dask) layer."""
     if layer.multiscale:
-        return layer_data_copy(layer), ()  # its message
+        return layer_data_later(layer), ()  # its message
     spatial_ndim = 3 if layer.rgb else 2
     lead = layer.data.ndim - spatial_ndim
     if lead < 0:
         raise RefocusError(f"layer {layer.name!r} has shape {layer.data.shape}; expected a 2-D gray or colour image.")
     if lead == 0:
-        return layer_data_copy(layer), ()
+        return layer_data_later(layer), ()
     dims = viewer.dims
     if dims.ndisplay != 2 or tuple(dims.displayed) != (dims.ndim - 2, dims.ndim - 1):
         raise RefocusError(
@@ -155,7 +175,20 @@ def displayed_image(viewer, layer: Image) -> tuple[np.ndarray, tuple[int, ...]]:
         )
     position = layer.world_to_data(dims.point[-layer.ndim :])
     index = tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position[:lead], layer.data.shape[:lead]))
-    return np.array(layer.data[index], copy=True), index
+    if isinstance(layer.data, np.ndarray):
+        shown = np.array(layer.data[index], copy=True)  # now: the user may edit the layer while the task runs
+        return (lambda: shown), index
+    lazy = layer.data
+    return (lambda: np.array(lazy[index], copy=True)), index
+
+
+def display_like(layer: Image, data: np.ndarray) -> dict[str, Any]:
+    """Contrast limits for a result ``data`` of ``layer``: the input's own when the result is in the same units
+    (same kind of dtype), so that the two compare side by side; else [0, 1] for a float result (integers
+    keep napari's defaults)."""
+    if np.dtype(layer.dtype).kind == data.dtype.kind:
+        return {"contrast_limits": tuple(float(v) for v in layer.contrast_limits)}
+    return {"contrast_limits": (0.0, 1.0)} if data.dtype.kind == "f" else {}
 
 
 def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:

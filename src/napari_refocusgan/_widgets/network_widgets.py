@@ -24,6 +24,7 @@ from ..core.weights import LoadedModel, default_model, load_generator
 from .layer_io import (
     OutputLayers,
     chosen_layer,
+    display_like,
     displayed_image,
     follow_layer_list,
     image_layer_combo,
@@ -124,11 +125,6 @@ def in_phase(progress: ProgressFn, phase: int, phases: int) -> ProgressFn:
     return report
 
 
-def _display(data: np.ndarray) -> dict[str, Any]:
-    """Contrast limits that show [0, 1] float results as they are (integers keep napari's defaults)."""
-    return {"contrast_limits": (0.0, 1.0)} if data.dtype.kind == "f" else {}
-
-
 def check_sml_layer(name: str, metadata: dict, sml_map: np.ndarray, image: np.ndarray, rgb: bool) -> SMLParams:
     """The SML parameters of an SML layer (``name``, its ``metadata`` and data ``sml_map``) made from
     ``image`` by the "Focus measure (SML)" widget.
@@ -222,7 +218,7 @@ class DeblurWidget(Container):
         def show(result) -> None:
             out, metadata = result
             self._outputs.show(
-                layer, "radiance", out, name=name, metadata=metadata, rgb=rgb, **placement, **_display(out)
+                layer, "radiance", out, name=name, metadata=metadata, rgb=rgb, **placement, **display_like(layer, out)
             )
 
         self.runner.run(task, show, description="Deblur")
@@ -309,11 +305,8 @@ class RefocusWidget(Container):
             radiance_layer = self._radiance.value
             slice_only = self._slice_only.value
 
-            def reader(lay):  # a stack whole (read in the task), or (radiance too) only the slice on screen
-                if not slice_only:
-                    return layer_data_later(lay), ()
-                one, shown = displayed_image(self._viewer, lay)
-                return (lambda: one), shown
+            def reader(lay):  # a stack whole, or (radiance too) only the slice on screen; read in the task
+                return displayed_image(self._viewer, lay) if slice_only else (layer_data_later(lay), ())
 
             read, index = reader(layer)
             read_radiance = reader(radiance_layer)[0] if radiance_layer is not None else None
@@ -365,7 +358,7 @@ class RefocusWidget(Container):
         def show(result) -> None:
             out, metadata, config = result
             self._outputs.show(
-                layer, "refocused", out, name=name, metadata=metadata, rgb=rgb, **placement, **_display(out)
+                layer, "refocused", out, name=name, metadata=metadata, rgb=rgb, **placement, **display_like(layer, out)
             )
             self._fit_delta_box(config)  # the model that ran may be a user's, with another range
 
