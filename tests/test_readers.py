@@ -382,8 +382,13 @@ def test_hci_folder_bad_inputs(tmp_path, hci_scene):
     folder = write_hci(tmp_path / "d", hci_scene, pfm=False)
     for idx in range(64, 81):
         (folder / f"input_Cam{idx:03d}.png").unlink()
-    with pytest.raises(RefocusError, match=r"9×9 view grid is incomplete; missing input_Cam064\.png"):
+    with pytest.raises(RefocusError, match=r"9×9 view grid is incomplete; missing input_Cam064\.png.*Without "
+                       r"parameters\.cfg an HCI folder is taken as the benchmark's 9×9 views"):
         read_lightfield(folder)
+    from training.data import read_hci_views  # training reads HCI folders through the same reader
+
+    with pytest.raises(RefocusError, match="9×9 view grid is incomplete"):
+        read_hci_views(folder)
     (folder / "parameters.cfg").write_text(HCI_CFG.format(n=8))  # unless the folder declares 8×8
     assert read_lightfield(folder).views.shape[:2] == (8, 8)
 

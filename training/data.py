@@ -244,19 +244,16 @@ def read_views(path: Path) -> np.ndarray:
 
 
 def read_hci_views(folder: Path, scale: int = 1) -> np.ndarray:
-    """The HCI benchmark's 9×9 ``input_CamNNN.png`` views (row-major) as (9, 9, H, W, 3) float32;
-    ``scale`` > 1 box-downsamples them (which divides the disparities by ``scale``)."""
-    import imageio.v3 as iio
+    """The HCI benchmark's 9×9 ``input_CamNNN.png`` views (row-major) as (9, 9, H, W, 3) float32, read by the
+    plugin's reader (which places each view by its number and names missing ones); ``scale`` > 1
+    box-downsamples them (which divides the disparities by ``scale``)."""
+    from napari_refocusgan.core.formats.viewgrid import read_view_folder
 
-    files = sorted(Path(folder).glob("input_Cam*.png"))
-    n = int(round(math.sqrt(len(files))))
-    if not files or n * n != len(files):
-        raise RefocusError(f"{folder} needs a square grid of input_CamNNN.png views; found {len(files)}.")
-    views = np.stack([iio.imread(f)[..., :3] for f in files]).astype(np.float32) / 255.0
-    views = views.reshape(n, n, *views.shape[1:])
+    views = read_view_folder(folder).views
+    rows, cols = views.shape[:2]
     if scale > 1:
         h, w = (views.shape[2] // scale) * scale, (views.shape[3] // scale) * scale
-        v = views[:, :, :h, :w].reshape(n, n, h // scale, scale, w // scale, scale, 3)
+        v = views[:, :, :h, :w].reshape(rows, cols, h // scale, scale, w // scale, scale, 3)
         views = v.mean(axis=(3, 5), dtype=np.float32)
     return np.ascontiguousarray(views)
 

@@ -58,8 +58,8 @@ def _listing(folder: Path) -> list[Path]:
 def scan_view_folder(folder: str | Path) -> ViewFolder | None:
     """Find a view grid in ``folder`` from file names; None when no file name matches either layout.
 
-    Raises RefocusError when names match but do not form one grid (two grids, a 0 index, an HCI set whose
-    count is not a square).
+    Raises RefocusError when names match but do not form one grid (two grids, a 0 index, two files for one
+    view, HCI views beyond the grid its parameters.cfg declares).
     """
     folder = Path(folder)
     files = _listing(folder)
@@ -154,7 +154,15 @@ def read_view_folder(folder: str | Path, views: int | None = None) -> LightField
     if missing:
         shown = ", ".join(_view_name(found, r, c) for r, c in missing[:6])
         more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
-        raise RefocusError(f"{folder}: the {found.rows}×{found.cols} view grid is incomplete; missing {shown}{more}.")
+        assumed = ""
+        if found.kind == "hci" and not (folder / HCI_PARAMETERS_FILE).is_file():
+            assumed = (
+                f" Without {HCI_PARAMETERS_FILE} an HCI folder is taken as the benchmark's {HCI_GRID}×{HCI_GRID}"
+                " views; for another grid, declare num_cams_x and num_cams_y under [extrinsics] in it."
+            )
+        raise RefocusError(
+            f"{folder}: the {found.rows}×{found.cols} view grid is incomplete; missing {shown}{more}.{assumed}"
+        )
     metadata: dict[str, object] = {"grid_in_file": (found.rows, found.cols), "name": found.name}
     cfg = folder / HCI_PARAMETERS_FILE
     if found.kind == "hci" and cfg.is_file():
