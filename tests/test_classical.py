@@ -252,6 +252,11 @@ def test_bad_parameters_raise_refocus_error(call):
         call(_texture(0, (16, 16)))
 
 
+def test_a_tiny_sharpening_amount_is_nearly_the_identity():
+    img = _texture(3, (16, 16))
+    np.testing.assert_allclose(sharpen(img, 3, 1e-320), img, atol=1e-6)  # size²/amount overflowed before
+
+
 @pytest.mark.parametrize("value", [0.0, 0.2, 1.0])
 def test_clahe_leaves_a_constant_image_as_it_is(value):
     """scikit-image stretches the luminance first; with no range to stretch it made every constant white."""

@@ -71,10 +71,12 @@ def sharpening_kernel(size: int = 3, amount: float = 1.0) -> np.ndarray:
     if not isinstance(size, (int, np.integer)) or size not in SHARPEN_SIZES:
         raise RefocusError(f"sharpening kernel size must be one of {SHARPEN_SIZES}, got {size!r}.")
     amount = _finite_positive(amount, "sharpening amount", allow_zero=False, most=MAX_AMOUNT)
+    # identity + amount·(identity − box mean), the same kernel as the one above divided by its sum, written
+    # without that division: for tiny amounts size²/amount overflowed to infinity
     n2 = size * size
-    kernel = -np.ones((size, size), dtype=np.float64)
-    kernel[size // 2, size // 2] = n2 - 1 + n2 / amount
-    return (kernel / kernel.sum()).astype(np.float32)
+    kernel = np.full((size, size), -amount / n2, dtype=np.float64)
+    kernel[size // 2, size // 2] += 1 + amount
+    return kernel.astype(np.float32)
 
 
 def sharpen(image: np.ndarray, size: int = 3, amount: float = 1.0) -> np.ndarray:
