@@ -99,12 +99,12 @@ def test_tiff_colour_channels_come_last_whatever_the_file_order(tmp_path):
     rgb = np.random.default_rng(1).integers(0, 255, (10, 12, 3)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
     np.testing.assert_array_equal(read_image(tmp_path / "planar.tif"), rgb)
-    z_stack = np.stack([rgb, rgb[::-1]])  # (Z, Y, X, C)
-    tifffile.imwrite(tmp_path / "ij.tif", np.moveaxis(z_stack, -1, 1), imagej=True, metadata={"axes": "ZCYX"})
-    np.testing.assert_array_equal(read_image(tmp_path / "ij.tif"), z_stack)
-    two_channels = z_stack[..., :2]  # not colour: the channels stay slices
-    tifffile.imwrite(tmp_path / "ij2.tif", np.moveaxis(two_channels, -1, 1), imagej=True, metadata={"axes": "ZCYX"})
-    assert read_image(tmp_path / "ij2.tif").shape == (2, 2, 10, 12)
+    planar_stack = np.stack([rgb, rgb[::-1]])  # (Z, Y, X, S) stored as ZSYX
+    tifffile.imwrite(tmp_path / "zs.tif", np.moveaxis(planar_stack, -1, 1), photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_image(tmp_path / "zs.tif"), planar_stack)
+    stains = np.moveaxis(planar_stack, -1, 1)  # ImageJ channels (C) are stains, not colour: they stay slices
+    tifffile.imwrite(tmp_path / "ij.tif", stains, imagej=True, metadata={"axes": "ZCYX"})
+    np.testing.assert_array_equal(read_image(tmp_path / "ij.tif"), stains)
     gray_stack = rgb[..., 0][None].repeat(3, axis=0)  # three gray slices stay three gray slices
     np.testing.assert_array_equal(read_image(write_image(tmp_path / "g.tif", gray_stack)), gray_stack)
 

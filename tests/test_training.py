@@ -646,7 +646,7 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path, capsys):
     partial = tmp_path / "partial.pt"
     torch.save({"format": 1, "step": 3}, partial)
     out = str(tmp_path / "w.safetensors")
-    for path, message in ((whole, "not a training checkpoint: it holds Python objects"),
+    for path, message in ((whole, "not a training checkpoint of this package"),
                           (partial, "lacks epoch, batch_in_epoch, total_steps")):  # fmt: skip
         assert cli_main(["export", str(path), "-o", out]) == 2
         err = capsys.readouterr().err

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from napari_refocusgan.core import inference
 from napari_refocusgan.core.errors import RefocusError
+from napari_refocusgan.core.imaging import nearest_existing
 from napari_refocusgan.core.networks import Generator, GeneratorConfig
 from napari_refocusgan.core.weights import file_sha256, weights_file
 
@@ -110,9 +111,7 @@ def check_weight_files(cfg: TrainConfig, *, resume: bool) -> None:
 def check_writable_folder(path: Path, option: str) -> None:
     """A clear error, before any work, when ``path`` cannot be (or become) a folder to write in: it or a
     parent is a file, or the nearest existing folder refuses writes. Leaves nothing behind."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise RefocusError(f"{option} {path}: {existing} is a file, not a folder")
     try:  # a real write: permission bits do not tell for root, read-only mounts or /proc
@@ -228,11 +227,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message suggests weights_only=False: never for a file given to us, and never needed for ours
-        raise RefocusError(f"{path} is not a training checkpoint: it holds Python objects other than tensors and "
-                           "plain values (a model saved whole?), which are never unpickled here") from exc  # fmt: skip
+        raise RefocusError(f"{path} is not a training checkpoint of this package: it is not a torch file, or it "
+                           "holds objects other than tensors and plain values (never unpickled here)") from exc  # fmt: skip
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RefocusError(f"cannot read checkpoint {path} (truncated or not a training checkpoint): {first_line}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RefocusError(f"cannot read checkpoint {path} (truncated or not a training checkpoint): "
+                           f"{type(exc).__name__} {first_line}".rstrip()) from exc  # fmt: skip
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise RefocusError(f"{path} is not a training checkpoint of this version")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]

@@ -108,7 +108,7 @@ def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1) -> RGBI
 
 
 def image_slices(
-    image, rgb: bool | None, name: str, *, min_size: int = 1, needed_by: str = "this tool"
+    image, rgb: bool | None, name: str, *, min_size: int = 1, needed_by: str = "the tools"
 ) -> tuple[np.ndarray, list[tuple], tuple[int, int]]:
     """Validate an image or stack (…, H, W[, C]) and list its 2-D slices: (array, slice indices, (H, W)).
 
@@ -141,7 +141,9 @@ def image_slices(
     return arr, list(np.ndindex(*lead_shape)) if lead_shape else [()], (h, w)
 
 
-def store_slice(out: np.ndarray | None, result: np.ndarray, shape: tuple, lead: list[tuple], index: tuple) -> np.ndarray:
+def store_slice(
+    out: np.ndarray | None, result: np.ndarray, shape: tuple, lead: list[tuple], index: tuple
+) -> np.ndarray:
     """Put the result of slice ``index`` of an input of ``shape`` (slices ``lead``, from :func:`image_slices`)
     in place; the first call allocates ``out``. (H, W, 1) input gets (H, W, 1) back, not (H, W)."""
     result = result.reshape(shape[len(index) :]) if result.size == math.prod(shape[len(index) :]) else result
@@ -190,17 +192,17 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    """The first image series, colour channels last: planar RGB (axes SYX) and ImageJ hyperstacks with 3 or 4
-    channels (e.g. ZCYX) store them before the rows, where the tools would take them for slices."""
+    """The first image series, colour last: planar RGB(A) (axes SYX, samples before the rows) would otherwise
+    be taken for three gray slices. ImageJ channels (C) stay where they are: they are usually separate stains,
+    not the red, green and blue of one colour image."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         data, axes = series.asarray(), series.axes
-    for axis in ("S", "C"):  # samples per pixel, then ImageJ channels
-        i = axes.find(axis)
-        if 0 <= i < data.ndim - 1 and data.shape[i] in (3, 4) and axes[-1] != "S":
-            return np.moveaxis(data, i, -1)
+    i = axes.find("S")
+    if 0 <= i < data.ndim - 1 and data.shape[i] in (3, 4):
+        return np.moveaxis(data, i, -1)
     return data
 
 
@@ -244,6 +246,13 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 OUTPUT_SUFFIXES = (".png", *TIFF_SUFFIXES, ".jpg", ".jpeg")
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a missing folder would be made."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_output_path(
     path: str | Path,
     *,
@@ -264,9 +273,7 @@ def check_output_path(
         raise RefocusError(f"output {out} is a folder; give a file name.")
     if any(i is not None and Path(i).resolve() == out.resolve() for i in inputs):
         raise RefocusError(f"output {out} is an input file or another output; write the result under another name.")
-    existing = out.parent
-    while not existing.exists() and existing != existing.parent:  # write_image makes missing folders
-        existing = existing.parent
+    existing = nearest_existing(out.parent)  # write_image makes the missing folders
     if not existing.is_dir():
         raise RefocusError(f"output {out}: {existing} is a file, not a folder.")
     if suffix in TIFF_SUFFIXES:
