@@ -100,7 +100,8 @@ def _init_weights(spec: str, task: str, own: dict[str, torch.Tensor]) -> tuple[d
 
 
 def check_weight_files(cfg: TrainConfig, *, resume: bool) -> None:
-    """Load --init-weights and --vgg-weights once up front: a bad file fails before the scenes are rendered."""
+    """Load --init-weights and --vgg-weights up front (the trainer loads them again): a bad file fails before
+    the scenes are rendered."""
     with preserved_rng():  # building the networks draws from the global RNGs
         if cfg.init_weights and not resume:
             _init_weights(cfg.init_weights, cfg.task, Generator(cfg.generator_config()).state_dict())

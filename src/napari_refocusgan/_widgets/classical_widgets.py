@@ -11,7 +11,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton, Select, SpinBox, Widget
 
 from ..core.blur_compare import DEFAULT_PATCH, KERNELS, MAX_RADIUS, blur_and_compare, parse_radii
-from ..core.classical import CLASSICAL_METHODS, SHARPEN_SIZES, apply_classical
+from ..core.classical import CLASSICAL_METHODS, MAX_AMOUNT, SHARPEN_SIZES, apply_classical
+from ..core.classical import MAX_RADIUS as MAX_SHARPEN_RADIUS
 from ..core.errors import RefocusError
 from ..core.focalstack import CancelFn, ProgressFn
 from ..core.focus import FOCUS_MEASURES
@@ -65,7 +66,8 @@ def _parameter_widget(name: str, default: Any) -> Widget:
     if name == "sigma_max":
         return FloatSpinBox(name=name, label="sigma max", value=default, min=0.0, max=MAX_RADIUS, step=0.25,
                             tooltip=tooltip)  # fmt: skip
-    return FloatSpinBox(name=name, label=name.replace("_", " "), value=float(default or 0.0), min=0.0, max=1000.0,
+    most = MAX_SHARPEN_RADIUS if name == "radius" else MAX_AMOUNT  # the core's bounds
+    return FloatSpinBox(name=name, label=name.replace("_", " "), value=float(default or 0.0), min=0.0, max=most,
                         step=0.1, tooltip=tooltip)  # fmt: skip
 
 

@@ -14,5 +14,5 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return (
         isinstance(exc, MemoryError)
         or type(exc).__name__ == "OutOfMemoryError"
-        or (isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate" in str(exc))
+        or (isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("can't allocate", "not enough memory")))
     )
