@@ -130,28 +130,25 @@ def chosen_layer(combo: ComboBox, what: str) -> Image:
     return layer
 
 
-def layer_data_copy(layer: Image) -> np.ndarray:
-    """A private numpy copy of an image layer's data: the widgets never write into the caller's array."""
+def layer_data_later(layer: Image) -> Callable[[], np.ndarray]:
+    """A function, for the worker thread to call, that returns a private numpy copy of ``layer``'s data (the
+    widgets never write into the caller's array); see :func:`_copy_later`."""
     if layer.multiscale:
         raise RefocusError(
             f"Layer {layer.name!r} is a multiscale (pyramid) image; load it as a single array "
             "(np.stack a list of slices instead of passing a list)."
         )
-    return np.array(layer.data, copy=True)
+    return _copy_later(layer.data)
 
 
-def layer_data_later(layer: Image) -> Callable[[], np.ndarray]:
-    """A function, for the worker thread to call, that returns a private numpy copy of ``layer``'s data.
-
-    In-memory (numpy) data is copied now, so edits made while the task runs cannot reach it; lazy data
-    (dask, zarr, …) is read when the function is called, so the GUI does not wait on a disk or a
-    computation of the whole array.
-    """
-    if layer.multiscale or isinstance(layer.data, np.ndarray):
-        data = layer_data_copy(layer)
-        return lambda: data
-    lazy = layer.data
-    return lambda: np.array(lazy, copy=True)
+def _copy_later(data: Any, index: tuple[int, ...] = ()) -> Callable[[], np.ndarray]:
+    """A function returning a private numpy copy of ``data[index]``. In-memory (numpy) data is copied now, so
+    edits made while the task runs cannot reach it; lazy data (dask, zarr, …) is read when the function is
+    called, in the worker, so the GUI does not wait on a disk or a computation."""
+    if isinstance(data, np.ndarray):
+        copied = np.array(data[index], copy=True)
+        return lambda: copied
+    return lambda: np.array(data[index], copy=True)
 
 
 def displayed_image(viewer, layer: Image) -> tuple[Callable[[], np.ndarray], tuple[int, ...]]:
@@ -175,11 +172,7 @@ def displayed_image(viewer, layer: Image) -> tuple[Callable[[], np.ndarray], tup
         )
     position = layer.world_to_data(dims.point[-layer.ndim :])
     index = tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position[:lead], layer.data.shape[:lead]))
-    if isinstance(layer.data, np.ndarray):
-        shown = np.array(layer.data[index], copy=True)  # now: the user may edit the layer while the task runs
-        return (lambda: shown), index
-    lazy = layer.data
-    return (lambda: np.array(lazy[index], copy=True)), index
+    return _copy_later(layer.data, index), index
 
 
 def display_like(layer: Image, data: np.ndarray) -> dict[str, Any]:
