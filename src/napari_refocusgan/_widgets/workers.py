@@ -3,8 +3,9 @@
 Widgets stay thin adapters (the careamics-napari / micro-sam split): they copy numpy input in the GUI
 thread (lazy input is read in the task), hand :class:`TaskRunner` a *task* — a core call that accepts
 ``progress(done, total)`` and ``cancel()`` callbacks — and apply the result in the GUI thread. The core
-checks ``cancel()`` between slices or tiles and raises :class:`~napari_refocusgan.core.focalstack.Cancelled`, which ends the task
-quietly. Every failure becomes a napari notification; nothing propagates into the event loop.
+checks ``cancel()`` between slices or tiles and raises :class:`~napari_refocusgan.core.focalstack.Cancelled`,
+which ends the task quietly. Every failure becomes a napari notification; nothing propagates into the event
+loop.
 """
 
 from __future__ import annotations

@@ -143,11 +143,12 @@ def shift_and_sum(
         raise RefocusError(f"views must be (rows, cols, H, W, channels); got shape {tuple(v.shape)}.")
     n_r, n_c, h, w, ch = v.shape
     slopes = [float(a) for a in np.atleast_1d(np.asarray(slopes, dtype=np.float64))]
-    widest = max(abs(a) for a in slopes) * (max(n_r, n_c) - 1) / 2 if slopes else 0.0
+    half_span = (max(n_r, n_c) - 1) / 2  # views from the centre to the outermost
+    widest = max((abs(a) for a in slopes), default=0.0) * half_span
     if not widest <= max(h, w):  # also NaN; beyond this every output pixel is replicated edge
         raise RefocusError(
             f"a slope of {max(slopes, key=abs):+g} px per view shifts the outer views by {widest:g} px, more than "
-            f"the {w}×{h} image; use slopes within ±{2 * max(h, w) / max(max(n_r, n_c) - 1, 1):g} px per view (a smaller "
+            f"the {w}×{h} image; use slopes within ±{max(h, w) / max(half_span, 0.5):g} px per view (a smaller "
             "s_max)."
         )
     x_taps = [[_cubic_taps(a * (c - (n_c - 1) / 2)) for c in range(n_c)] for a in slopes]

@@ -319,7 +319,7 @@ def deblur(
     settings = _settings(device, tile, margin, precision)
     params = sml_params or file_sml
     params.check()
-    arr, lead, hw = image_slices(image, rgb, "image", min_size=MIN_SIZE, needed_by="the networks")
+    arr, lead, hw = _network_slices(image, rgb, "image")
     tracker = _Progress(progress, cancel, len(lead) * _units(settings, hw, generator))
     out = None
     with _prepared(generator, settings, hw) as run:
@@ -360,12 +360,12 @@ def refocus(
     generator, _ = _unwrap(model, "refocus")
     d = check_delta(generator, delta)
     settings = _settings(device, tile, margin, precision)
-    arr, lead, hw = image_slices(image, rgb, "image", min_size=MIN_SIZE, needed_by="the networks")
+    arr, lead, hw = _network_slices(image, rgb, "image")
     needs_radiance = generator.cfg.in_channels == 6
     rad = None
     g1 = None
     if needs_radiance and radiance is not None:
-        rad, rad_lead, rad_hw = image_slices(radiance, None, "radiance", min_size=MIN_SIZE, needed_by="the networks")
+        rad, rad_lead, rad_hw = _network_slices(radiance, None, "radiance")
         if rad_lead != lead or rad_hw != hw:
             raise RefocusError(f"radiance has shape {rad.shape}; it must match the image's {arr.shape}.")
     elif needs_radiance:
@@ -417,6 +417,11 @@ def _settings(device, tile, margin, precision) -> RunSettings:
     s.check()
     _autocast_dtype(s.device or torch.device("cpu"), precision)  # validates the name early
     return s
+
+
+def _network_slices(image, rgb: bool | None, name: str) -> tuple[np.ndarray, list[tuple], tuple[int, int]]:
+    """:func:`~.imaging.image_slices` with the networks' smallest image side."""
+    return image_slices(image, rgb, name, min_size=MIN_SIZE, needed_by="the networks")
 
 
 def _units(settings: RunSettings, hw: tuple[int, int], generator: Generator) -> int:
