@@ -11,7 +11,15 @@ from ..core import classical
 from ..core import focus_stacking as fs
 from ..core.errors import RefocusError
 from ..core.focus import FOCUS_MEASURES, SMLParams
-from ..core.imaging import as_rgb, check_output_path, from_float, image_slices, read_image, store_slice, write_image
+from ..core.imaging import (
+    as_rgb,
+    check_output_path,
+    from_float,
+    image_slices,
+    read_image,
+    store_slice,
+    write_image,
+)
 from ..core.inference import pick_device
 
 

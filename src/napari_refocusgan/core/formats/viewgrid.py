@@ -42,6 +42,7 @@ class ViewFolder:
     cols: int
     files: dict[tuple[int, int], Path] = field(default_factory=dict)  # (row, col), 0-based → file
     name: str = ""
+    parameters: dict | None = None  # an HCI folder's parameters.cfg, when it has one
 
     def missing(self) -> list[tuple[int, int]]:
         return [(r, c) for r in range(self.rows) for c in range(self.cols) if (r, c) not in self.files]
@@ -81,8 +82,9 @@ def scan_view_folder(folder: str | Path) -> ViewFolder | None:
             "put each light field in its own folder."
         )
     if hci:
-        rows, cols = _hci_grid(folder, max(hci))
-        return ViewFolder("hci", folder, rows, cols, {(i // cols, i % cols): p for i, p in hci.items()}, folder.name)
+        rows, cols, parameters = _hci_grid(folder, max(hci))
+        files = {(i // cols, i % cols): p for i, p in hci.items()}
+        return ViewFolder("hci", folder, rows, cols, files, folder.name, parameters)
     if grid:
         if len(grid) > 1:
             raise RefocusError(
@@ -97,14 +99,16 @@ def scan_view_folder(folder: str | Path) -> ViewFolder | None:
     return None
 
 
-def _hci_grid(folder: Path, highest: int) -> tuple[int, int]:
-    """(rows, cols) of an HCI folder: as its parameters.cfg declares, else the benchmark's 9×9 (or the
-    smallest square holding the highest index beyond that). Never guessed from the number of files: an
-    interrupted copy of the first 64 views would otherwise read as a complete 8×8 grid, views misplaced."""
+def _hci_grid(folder: Path, highest: int) -> tuple[int, int, dict | None]:
+    """(rows, cols, parameters.cfg or None) of an HCI folder: the grid its parameters.cfg declares, else the
+    benchmark's 9×9 (or the smallest square holding the highest index beyond that). Never guessed from the
+    number of files: an interrupted copy of the first 64 views would otherwise read as a complete 8×8 grid,
+    views misplaced."""
     rows = cols = max(HCI_GRID, math.isqrt(highest) + 1)
     cfg = folder / HCI_PARAMETERS_FILE
-    if cfg.is_file():
-        extr = read_hci_parameters(cfg).get("extrinsics", {})
+    parameters = read_hci_parameters(cfg) if cfg.is_file() else None
+    if parameters is not None:
+        extr = parameters.get("extrinsics", {})
         declared = (extr.get("num_cams_y"), extr.get("num_cams_x"))
         if all(isinstance(v, int) and v > 0 for v in declared):
             rows, cols = declared
@@ -113,7 +117,7 @@ def _hci_grid(folder: Path, highest: int) -> tuple[int, int]:
                     f"{cfg} declares a {rows}×{cols} camera grid but the folder holds views up to "
                     f"input_Cam{highest:03d}.png."
                 )
-    return rows, cols
+    return rows, cols, parameters
 
 
 def read_hci_parameters(path: str | Path) -> dict[str, dict[str, object]]:
@@ -155,7 +159,7 @@ def read_view_folder(folder: str | Path, views: int | None = None) -> LightField
         shown = ", ".join(_view_name(found, r, c) for r, c in missing[:6])
         more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
         assumed = ""
-        if found.kind == "hci" and not (folder / HCI_PARAMETERS_FILE).is_file():
+        if found.kind == "hci" and found.parameters is None:
             assumed = (
                 f" Without {HCI_PARAMETERS_FILE} an HCI folder is taken as the benchmark's {HCI_GRID}×{HCI_GRID}"
                 " views; for another grid, declare num_cams_x and num_cams_y under [extrinsics] in it."
@@ -164,9 +168,8 @@ def read_view_folder(folder: str | Path, views: int | None = None) -> LightField
             f"{folder}: the {found.rows}×{found.cols} view grid is incomplete; missing {shown}{more}.{assumed}"
         )
     metadata: dict[str, object] = {"grid_in_file": (found.rows, found.cols), "name": found.name}
-    cfg = folder / HCI_PARAMETERS_FILE
-    if found.kind == "hci" and cfg.is_file():
-        metadata["parameters"] = read_hci_parameters(cfg)
+    if found.parameters is not None:
+        metadata["parameters"] = found.parameters
 
     nr, nc = found.rows, found.cols
     if views is not None:  # at most the central n×n, as focalstack.central_views cuts it
