@@ -659,19 +659,18 @@ def scene_folders(
     for seed in split_seeds(split, n_synthetic):
         far = split == "train" and has_far_background(seed, far_background)
         jobs.append((synthetic_key(seed, size, far), (seed, far)))
-    if data_paths:
-        if split == "train":  # a path adding nothing to training would still be named in the model card
-            for raw in data_paths:
-                files = list_lightfields([raw])
-                if not any(file_split(p) == "train" for p in files):
-                    raise RefocusError(
-                        f"data path {raw}: none of its {len(files)} light field(s) is in the training split (files "
-                        f"are split 70/5/25 % into train/val/test by a hash of their name, and {HCI_MARKER} is "
-                        "test-only), so it would add nothing to training; leave it out or add light fields."
-                    )
-        for path in list_lightfields(data_paths):
-            if file_split(path) == split:
-                jobs.append((file_key(path), str(path)))
+    per_path = {raw: list_lightfields([raw]) for raw in data_paths or []}  # each path listed once
+    for raw, files in per_path.items():
+        if split == "train" and not any(file_split(p) == "train" for p in files):
+            # a path adding nothing to training would still be named in the model card
+            raise RefocusError(
+                f"data path {raw}: none of its {len(files)} light field(s) is in the training split (files "
+                f"are split 70/5/25 % into train/val/test by a hash of their name, and {HCI_MARKER} is "
+                "test-only), so it would add nothing to training; leave it out or add light fields."
+            )
+    for path in sorted({p for files in per_path.values() for p in files}):  # as list_lightfields(data_paths)
+        if file_split(path) == split:
+            jobs.append((file_key(path), str(path)))
     prepare_cache(jobs, cache_dir, size, workers)
     return [_scene_dir(cache_dir, k) for k, _ in jobs]
 

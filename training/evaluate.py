@@ -507,8 +507,6 @@ def check_args(args) -> None:
     """Clear errors for options that cannot work, before any scene is rendered or model run."""
     from .train import check_writable_folder
 
-    _comma_list(args.tables, "--tables", TABLES, empty=False)
-    _comma_list(args.hci_variants, "--hci-variants", HCI_VARIANTS, empty=True)
     for option, value, least in (("--synthetic", args.synthetic, 0), ("--pairs-per-scene", args.pairs_per_scene, 1),
                                  ("--threads", args.threads, 1), ("--scene-size", args.scene_size, 16)):  # fmt: skip
         if value is not None and value < least:
@@ -520,7 +518,9 @@ def check_args(args) -> None:
 
 def evaluate(args) -> tuple[list[Row], list[str]]:
     """All requested rows plus notes (skipped data, chosen windows); :func:`main` checks ``args`` first."""
-    # the models first: a wrong one fails before the scenes are rendered
+    # the options and models first: a wrong one fails before the scenes are rendered
+    variants = _comma_list(args.hci_variants, "--hci-variants", HCI_VARIANTS, empty=True)
+    tables = set(_comma_list(args.tables, "--tables", TABLES, empty=False))
     g1 = load_checked(args.g1, "--g1", "deblur")
     g1_nosml = load_checked(args.g1_nosml, "--g1-nosml", "deblur")
     g2s = [load_checked(spec, "--g2", "refocus", radiance=True) for spec in args.g2]
@@ -537,7 +537,6 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
         else:
             notes.append(f"none of the {found} light field(s) under --data falls in the test split (a hash of the "
                          "file name puts about 25 % there): no rows for them.")  # fmt: skip
-    variants = _comma_list(args.hci_variants, "--hci-variants", HCI_VARIANTS, empty=True)
     if variants:
         if args.hci is not None and (Path(args.hci) / "input_Cam000.png").exists():
             for v in variants:
@@ -545,7 +544,6 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
                 datasets.append((scene.name, [scene]))
         else:
             notes.append(f"HCI scene not found at {args.hci}: its rows are skipped.")
-    tables = set(_comma_list(args.tables, "--tables", TABLES, empty=False))
     rows: list[Row] = []
     for name, scenes in datasets:
         d_methods = deblur_methods(g1, g1_nosml, classical=not args.no_classical, reference=not args.no_reference)
