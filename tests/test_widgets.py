@@ -870,6 +870,49 @@ def test_threaded_refocus_coalesces_delta_changes(make_napari_viewer, qtbot, tin
     assert notes.errors() == [] and notes.messages(NotificationSeverity.WARNING) == []
 
 
+@pytest.mark.parametrize("after_cancel", ["turn δ", "press Refocus"])
+def test_what_the_user_asks_for_after_cancel_still_runs(make_napari_viewer, qtbot, tiny_weights, notes, monkeypatch,
+                                                        after_cancel):  # fmt: skip
+    """Cancel stops the run and what was queued before it; a δ change or a click after it used to be lost
+    (the output stayed at an older δ, or the click got "still running")."""
+    from napari_refocusgan._widgets import network_widgets
+
+    viewer = make_napari_viewer()  # threaded
+    started, release = threading.Event(), threading.Event()
+    real_refocus = network_widgets.refocus
+
+    def slow_first_refocus(data, delta, *args, cancel, **kwargs):
+        if delta == 3.0:  # the run to cancel: holds until the test has cancelled it and changed δ
+            started.set()
+            release.wait(30)
+            if cancel():
+                raise Cancelled()
+        return real_refocus(data, delta, *args, cancel=cancel, **kwargs)
+
+    monkeypatch.setattr(network_widgets, "refocus", slow_first_refocus)
+    layer = viewer.add_image(textured_image(9, (32, 32, 3)), name="photo", rgb=True)
+    widget = dock(viewer, "Refocus")
+    widget._image.value = layer
+    set_network_options(widget, tiny_weights[1])
+    widget._deblur_weights.value = tiny_weights[0]
+    widget._delta.value = 3.0
+    assert started.wait(30)
+    widget._delta.value = 4.0  # queued, then cancelled with the run
+    widget.runner.request_cancel()
+    if after_cancel == "turn δ":
+        widget._delta.value = 5.0
+    else:
+        widget._live.value = False
+        widget._delta.value = 5.0
+        widget._run_button.clicked()
+    release.set()
+    qtbot.waitUntil(lambda: "photo refocused" in viewer.layers, timeout=30000)
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=30000)
+    assert viewer.layers["photo refocused"].metadata["delta"] == 5.0
+    assert any("Refocus cancelled" in m for m in notes.messages(NotificationSeverity.INFO))
+    assert notes.errors() == [] and notes.messages(NotificationSeverity.WARNING) == []
+
+
 # --------------------------------------------------------------------------------------------- classical
 
 

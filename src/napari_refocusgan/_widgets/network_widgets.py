@@ -266,9 +266,10 @@ class RefocusWidget(Container):
                 self._device, self._tile, self._run_button, self.runner,
             ]
         )  # fmt: skip
-        self._run_button.changed.connect(self.run)
+        self._run_button.changed.connect(self._run_requested)
         self._delta.changed.connect(self._delta_changed)
         self.runner.finished.connect(self._after_run)
+        self.runner.cancelling.connect(self._drop_pending_run)
         follow_layer_list(napari_viewer, self)
         try:  # the shipped G2's trained range, from the registry (no weights loaded yet)
             self._fit_delta_box(default_model("refocus").config)
@@ -286,18 +287,23 @@ class RefocusWidget(Container):
         self._delta.step = 1.0 if config.delta_mode == "onehot" else 0.5
 
     def _delta_changed(self, *_) -> None:
-        if not self._live.value or self._image.value is None:
-            return
-        if self.runner.busy:  # coalesce: run once more with the latest δ when the current run ends
+        if self._live.value and self._image.value is not None:
+            self._run_requested()
+
+    def _run_requested(self, *_) -> None:
+        if self.runner.busy:  # coalesce: run once more, with the settings of then, when the current run ends
             self._rerun_pending = True
             return
         self.run()
 
+    def _drop_pending_run(self) -> None:
+        # Cancel stops what was asked before it; a δ change or a click after it still runs
+        self._rerun_pending = False
+
     def _after_run(self, status: str) -> None:
-        if self._rerun_pending and status != "cancelled":
+        if self._rerun_pending:
             self._rerun_pending = False
             self.run()
-        self._rerun_pending = False
 
     def run(self, *_) -> None:
         try:

@@ -101,6 +101,7 @@ class TaskRunner(Container):
     """
 
     finished = Signal(str)
+    cancelling = Signal()  # the user asked the running task to stop
 
     def __init__(self, *, synchronous: bool | None = None):
         self._bar = ProgressBar(value=0, min=0, max=1, tooltip="progress of the running task")
@@ -136,6 +137,7 @@ class TaskRunner(Container):
         if self._running:
             self._cancel_event.set()
             self._message.value = "cancelling…"
+            self.cancelling.emit()
 
     def cancel_requested(self) -> bool:
         """The ``cancel`` callback handed to the core (also honours napari's own status-bar cancel)."""
@@ -148,7 +150,10 @@ class TaskRunner(Container):
         Returns the napari worker (None when run synchronously or refused because a task is running).
         """
         if self._running:
-            show_warning(f"{self._description} is still running: wait for it or press Cancel.")
+            if self._cancel_event.is_set():
+                show_warning(f"{self._description} is stopping after Cancel: try again in a moment.")
+            else:
+                show_warning(f"{self._description} is still running: wait for it or press Cancel.")
             return None
         self._description = description
         self._cancel_event.clear()
