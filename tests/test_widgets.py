@@ -347,6 +347,8 @@ def test_threaded_task_reports_progress_and_stops_on_cancel(make_napari_viewer, 
     assert any("still running" in m for m in notes.messages(NotificationSeverity.WARNING))
 
     runner._cancel_button.clicked()
+    runner.run(task, results.append, description="Third job")  # the task has not stopped yet: says so
+    assert any("stopping after Cancel" in m for m in notes.messages(NotificationSeverity.WARNING))
     qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
     assert runner.last_status == "cancelled"
     assert results == []  # nothing applied
