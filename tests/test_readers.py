@@ -646,6 +646,13 @@ def test_reader_claims_unreadable_lytro_files_to_say_what_is_wrong(tmp_path):
         reader(str(cut))
 
 
+def test_focal_stack_and_reference_view_open_at_the_same_contrast(tmp_path):
+    """napari's auto contrast differed per layer, so toggling between them changed the scene's brightness."""
+    stack, centre = read_lightfield_layers(write_grid(tmp_path / "grid", 3, 3))[:2]
+    assert stack[1]["name"].endswith("focal stack") and centre[1]["name"].endswith("centre view")
+    assert stack[1]["contrast_limits"] == centre[1]["contrast_limits"] == (0.0, 1.0)
+
+
 def test_reader_refuses_a_single_row_of_views_and_names_the_current_folder(tmp_path, monkeypatch):
     row = write_grid(tmp_path / "row", 1, 5)
     with pytest.raises(RefocusError, match="at least 2×2 views; this light field has 1×5"):

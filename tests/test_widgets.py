@@ -204,6 +204,14 @@ def test_sml_widget_reports_bad_input_without_touching_it(viewer, notes):
     assert_unchanged(layer, before)
     assert len(viewer.layers) == 2
 
+    pyramid = viewer.add_image([np.zeros((16, 16), np.float32), np.zeros((8, 8), np.float32)], name="pyramid")
+    widget._image.value = pyramid
+    widget._window.value = 3
+    widget._run_button.clicked()
+    # advice that works on a pyramid (np.stack of its levels would fail: they differ in size)
+    assert any("multiscale" in m and "layer.data[0]" in m for m in notes.errors())
+    assert "pyramid SML" not in viewer.layers
+
 
 @pytest.mark.parametrize(
     "data, rgb, expected_shape",
@@ -793,6 +801,14 @@ def test_refocus_of_only_the_slice_shown_turns_delta_on_one_image(viewer, tiny_w
     radiance = deblur(stack[2], g1, device="cpu")
     np.testing.assert_allclose(out.data, refocus(stack[2], 3.0, g2, radiance=radiance, device="cpu"), atol=1e-6)
     assert out.data.shape == stack.shape[1:] and out.metadata["slice"] == [2]
+    # a radiance stack: its slice shown is the one used, and the metadata says which
+    radiance_stack = viewer.add_image(np.stack([radiance * 0 + 0.5, radiance * 0 + 0.25, radiance]), name="rads",
+                                      rgb=True)  # fmt: skip
+    viewer.dims.current_step = (2, 0, 0)
+    widget._radiance.value = radiance_stack
+    widget._run_button.clicked()
+    np.testing.assert_allclose(out.data, refocus(stack[2], 3.0, g2, radiance=radiance, device="cpu"), atol=1e-6)
+    assert out.metadata["radiance"] == "layer 'rads', slice [2]"
     assert notes.errors() == []
 
 
@@ -934,6 +950,26 @@ def test_results_are_shown_with_the_contrast_limits_of_their_input(viewer, notes
     assert notes.errors() == []
 
 
+def test_float_results_of_a_12_bit_input_are_shown_at_its_contrast_limits(viewer, notes):
+    """Focus stacking and blur-and-compare turn uint16 into [0, 1] floats; pinned to (0, 1), a 12-bit
+    input's results showed nearly black."""
+    rng = np.random.default_rng(7)
+    stack = viewer.add_image((rng.random((3, 24, 24)) * 4095).astype(np.uint16), name="counts", contrast_limits=(0, 4095))
+    image = viewer.add_image((textured_image(13)[..., 0] * 4095).astype(np.uint16), name="image",
+                             contrast_limits=(10, 4000))  # fmt: skip
+    stacking, classical = dock(viewer, "Focus stacking"), dock(viewer, "Classical")
+    stacking._stack.value = stack
+    stacking._run_button.clicked()
+    classical._image.value = image
+    classical._method.value = "blur-and-compare"
+    classical._radiance.value = image
+    classical._run_button.clicked()
+    for out, source in ((viewer.layers["counts all-in-focus"], stack), (viewer.layers["image blur-and-compare"], image)):
+        assert out.data.dtype.kind == "f"
+        np.testing.assert_allclose(out.contrast_limits, np.asarray(source.contrast_limits) / 65535)
+    assert notes.errors() == []
+
+
 def test_classical_widget_methods_match_core(viewer, notes):
     from napari_refocusgan.core.classical import apply_classical
     from napari_refocusgan.core.imaging import from_float, to_float
@@ -996,6 +1032,53 @@ def test_a_name_taken_by_another_inputs_output_gets_a_new_layer(viewer, notes):
     widget._run_button.clicked()
     assert first_out.metadata["source"] == "b" and second_out.metadata["source"] == "a"
     assert len(viewer.layers) == 4 and notes.errors() == []
+
+
+def test_a_users_own_layer_with_an_outputs_name_is_left_alone(viewer, notes):
+    """A labels layer called "photo SML" was deleted and an image called "photo unsharp" overwritten."""
+    photo = viewer.add_image(textured_image(3), name="photo", rgb=True)
+    labels = viewer.add_labels(np.ones((32, 40), np.int32), name="photo SML")
+    own = viewer.add_image(np.full((32, 40, 3), 0.5, np.float32), name="photo unsharp", rgb=True)
+    own_before = snapshot(own)
+    sml_widget, classical = dock(viewer, "Focus measure (SML)"), dock(viewer, "Classical")
+    sml_widget._image.value = photo
+    classical._image.value = photo
+    classical._method.value = "unsharp"
+    for _ in range(2):  # the second run updates the outputs made by the first
+        sml_widget._run_button.clicked()
+        classical._run_button.clicked()
+    assert labels in viewer.layers and np.all(labels.data == 1)
+    assert own in viewer.layers
+    assert_unchanged(own, own_before)
+    outputs = [lay for lay in viewer.layers if lay.metadata.get("source") == "photo"]
+    assert sorted(lay.name for lay in outputs) == ["photo SML [1]", "photo unsharp [1]"]
+    assert len(viewer.layers) == 5 and notes.errors() == []
+
+
+def test_outputs_keep_rotation_shear_and_affine_so_they_overlay_their_input(viewer, notes):
+    photo = viewer.add_image(textured_image(4), name="photo", rgb=True, rotate=30, scale=(2, 3),
+                             translate=(5, -7), shear=[0.2], affine=[[1, 0, 4], [0, 1.5, 0], [0, 0, 1]])  # fmt: skip
+    stack = viewer.add_image(np.stack([textured_image(s) for s in (5, 6)]), name="stack", rgb=True, rotate=20,
+                             scale=(1, 2, 2))  # fmt: skip
+    viewer.dims.current_step = (1, 0, 0)
+    sml_widget, classical = dock(viewer, "Focus measure (SML)"), dock(viewer, "Classical")
+    classical._method.value = "sharpen"
+    for layer in (photo, stack):
+        sml_widget._image.value = classical._image.value = layer
+        sml_widget._run_button.clicked()
+        classical._run_button.clicked()
+    points = np.array([[0.0, 0.0], [10.0, 20.0], [31.0, 39.0]])
+    for out_name, source, lead in (("photo SML", photo, []), ("photo sharpen", photo, []),
+                                   ("stack SML", stack, [1.0]), ("stack sharpen", stack, [1.0])):  # fmt: skip
+        out = viewer.layers[out_name]
+        for p in points:
+            at = out.data_to_world(list(p) if out.ndim == 2 else lead + list(p))
+            expected = source.data_to_world(lead + list(p))
+            np.testing.assert_allclose(np.asarray(at)[-2:], np.asarray(expected)[-2:], atol=1e-9, err_msg=out_name)
+    sml_widget._image.value = photo
+    sml_widget._run_button.clicked()  # in place: the transform is set again, not composed twice
+    np.testing.assert_allclose(viewer.layers["photo SML"].data_to_world([10, 20]), photo.data_to_world([10, 20]))
+    assert notes.errors() == []
 
 
 def test_classical_widget_keeps_gray_gray(viewer):
@@ -1139,6 +1222,10 @@ def test_focus_stacking_widget_matches_core(viewer, notes):
     assert depth_layer.metadata["slopes"] == slopes.tolist()
     assert depth_layer.metadata["measures"] == ["sml", "tenengrad"]
     assert_unchanged(layer, before)
+    # a Lytro stack's slices are labelled by λ: the depth index maps to them too
+    layer.metadata = {"lambdas": [float(v) for v in range(-5, 5)]}
+    widget._run_button.clicked()
+    assert depth_layer.metadata["lambdas"] == [float(v) for v in range(-5, 5)] and "slopes" not in depth_layer.metadata
     assert notes.errors() == []
 
 

@@ -86,13 +86,17 @@ def lightfield_layers(lf: LightField) -> list[LayerDataTuple]:
                     "name": f"{stem} focal stack",
                     "rgb": True,
                     "axis_labels": ("slice", "y", "x"),
+                    "contrast_limits": (0.0, 1.0),  # as the reference view: toggling between them keeps brightness
                     "metadata": stack_meta,
                 },
                 "image",
             )
         )
     if reference is not None:
-        layers.append((reference, {"name": reference_name, "rgb": True, "metadata": dict(common)}, "image"))
+        layers.append(
+            (reference, {"name": reference_name, "rgb": True, "contrast_limits": (0.0, 1.0), "metadata": dict(common)},
+             "image")
+        )  # fmt: skip
     height, width = _image_size(lf, stack, reference)
     for data, label in ((lf.disparity, "disparity"), (lf.depth, "depth")):
         if data is None:

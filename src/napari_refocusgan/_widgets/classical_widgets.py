@@ -244,9 +244,9 @@ class FocusStackingWidget(Container):
         slices = layer.data.shape[0]
         source = layer.name
         metadata = {"source": source, "measures": measures, "window": window, "blend_sigma": blend}
-        slopes = layer.metadata.get("slopes")
-        if slopes is not None:
-            metadata["slopes"] = list(slopes)  # depth index k ↔ slope slopes[k] (px per view)
+        for key in ("slopes", "lambdas"):  # depth index k ↔ slope (px per view) or Lytro λ of slice k
+            if layer.metadata.get(key) is not None:
+                metadata[key] = list(layer.metadata[key])
 
         def task(progress: ProgressFn, cancel: CancelFn):
             if not measures:
@@ -258,7 +258,7 @@ class FocusStackingWidget(Container):
         def show(result) -> None:
             aif, depth = result
             self._outputs.show(layer, "all-in-focus", aif, name=f"{source} all-in-focus", metadata=metadata, rgb=rgb,
-                               contrast_limits=(0.0, 1.0), **placement)  # fmt: skip
+                               **display_like(layer, aif), **placement)  # fmt: skip
             self._outputs.show(layer, "depth index", depth, name=f"{source} depth index",
                                metadata={**metadata, "units": "slice index (0-based)"}, colormap="viridis",
                                contrast_limits=(0.0, max(float(slices - 1), 1.0)), **placement)  # fmt: skip

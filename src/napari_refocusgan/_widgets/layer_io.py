@@ -135,8 +135,9 @@ def layer_data_later(layer: Image) -> Callable[[], np.ndarray]:
     widgets never write into the caller's array); see :func:`_copy_later`."""
     if layer.multiscale:
         raise RefocusError(
-            f"Layer {layer.name!r} is a multiscale (pyramid) image; load it as a single array "
-            "(np.stack a list of slices instead of passing a list)."
+            f"Layer {layer.name!r} is a multiscale (pyramid) image; add one level of it as a plain image layer "
+            "(e.g. the full resolution, layer.data[0]). A list of equal-size slices opens as a pyramid too: "
+            "np.stack them into one array."
         )
     return _copy_later(layer.data)
 
@@ -176,17 +177,46 @@ def displayed_image(viewer, layer: Image) -> tuple[Callable[[], np.ndarray], tup
 
 
 def display_like(layer: Image, data: np.ndarray) -> dict[str, Any]:
-    """Contrast limits for a result ``data`` of ``layer``: the input's own when the result is in the same units
-    (same kind of dtype), so that the two compare side by side; else [0, 1] for a float result (integers
-    keep napari's defaults)."""
-    if np.dtype(layer.dtype).kind == data.dtype.kind:
+    """Contrast limits for a result ``data`` of ``layer``, so that the two compare side by side: the input's
+    own when the result is in the same units (same kind of dtype); for a float result of an integer input
+    (intensities scaled to [0, 1] by the dtype's full scale) the input's limits scaled likewise, so that a
+    12-bit image in uint16 does not turn nearly black; else [0, 1] for a float result (integers keep napari's
+    defaults)."""
+    kind = np.dtype(layer.dtype).kind
+    if kind == data.dtype.kind:
         return {"contrast_limits": tuple(float(v) for v in layer.contrast_limits)}
-    return {"contrast_limits": (0.0, 1.0)} if data.dtype.kind == "f" else {}
+    if data.dtype.kind != "f":
+        return {}
+    if kind == "u":
+        full_scale = float(np.iinfo(layer.dtype).max)
+        return {"contrast_limits": tuple(float(v) / full_scale for v in layer.contrast_limits)}
+    return {"contrast_limits": (0.0, 1.0)}
 
 
 def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:
-    """scale/translate of ``layer``'s last ``ndim`` (non-channel) axes, so results overlay their input."""
-    return {"scale": tuple(layer.scale[-ndim:]), "translate": tuple(layer.translate[-ndim:])}
+    """The world transform (scale, translate, rotate, shear, affine) of ``layer``'s last ``ndim``
+    (non-channel) axes, so that results overlay their input. For a slice of a stack, the trailing blocks of
+    the transform's matrices: exact when the stack axes do not mix with the image axes (the usual case)."""
+    d = layer.ndim
+    shear = np.eye(d)
+    shear[np.triu_indices(d, 1)] = layer.shear  # napari gives the upper-triangular entries as a vector
+    affine = np.asarray(layer.affine.affine_matrix)
+    trailing = np.eye(ndim + 1)
+    trailing[:ndim, :ndim] = affine[d - ndim : d, d - ndim : d]
+    trailing[:ndim, ndim] = affine[d - ndim : d, d]
+    return {
+        "scale": tuple(layer.scale[-ndim:]),
+        "translate": tuple(layer.translate[-ndim:]),
+        "rotate": np.asarray(layer.rotate)[-ndim:, -ndim:],
+        "shear": shear[-ndim:, -ndim:],
+        "affine": trailing,
+    }
+
+
+# The layers this plugin made, held weakly. Only these are ever updated in place or replaced by name: a layer
+# of the user's own that happens to have an output's name is left alone, and the result gets a new layer
+# (napari makes its name unique).
+_MADE_HERE: weakref.WeakSet = weakref.WeakSet()
 
 
 def show_image(
@@ -202,20 +232,20 @@ def show_image(
     **layer_kwargs: Any,
 ) -> Image:
     """Put ``data`` into the image layer ``target`` if it is still in the viewer (keeping its current name),
-    else into the layer called ``name``: updated in place if it exists (and not ``new_layer``), added otherwise.
+    else into the layer called ``name`` if this plugin made it (and not ``new_layer``), else into a new layer.
 
-    The layer's metadata is replaced by ``metadata`` (what made this result). An existing layer whose
-    kind does not fit (not an image, RGB vs gray, other dimensionality) is replaced at the same position.
+    The layer's metadata is replaced by ``metadata`` (what made this result). An existing output layer whose
+    kind does not fit (RGB vs gray, other dimensionality) is replaced at the same position.
     """
     view_ndim = data.ndim - (1 if rgb else 0)
     existing = target if target is not None and target in viewer.layers else None
-    if existing is None and name in viewer.layers and not new_layer:
+    if existing is None and name in viewer.layers and not new_layer and _unproxied(viewer.layers[name]) in _MADE_HERE:
         existing = viewer.layers[name]
     if existing is not None:
         if isinstance(existing, Image) and bool(existing.rgb) == rgb and existing.ndim == view_ndim:
             existing.data = data
             existing.metadata = dict(metadata)
-            for key in ("scale", "translate"):
+            for key in ("scale", "translate", "rotate", "shear", "affine"):
                 if key in layer_kwargs:
                     setattr(existing, key, layer_kwargs[key])
             if "contrast_limits" in layer_kwargs:
@@ -229,6 +259,7 @@ def show_image(
         viewer.layers.move(viewer.layers.index(layer), index)
     else:
         layer = viewer.add_image(data, name=name, metadata=dict(metadata), rgb=rgb, **layer_kwargs)
+    _MADE_HERE.add(_unproxied(layer))
     if on_new is not None:
         on_new(layer)
     return layer

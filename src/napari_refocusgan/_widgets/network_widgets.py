@@ -315,7 +315,7 @@ class RefocusWidget(Container):
                 return displayed_image(self._viewer, lay) if slice_only else (layer_data_later(lay), ())
 
             read, index = reader(layer)
-            read_radiance = reader(radiance_layer)[0] if radiance_layer is not None else None
+            read_radiance, radiance_index = reader(radiance_layer) if radiance_layer is not None else (None, ())
         except Exception as exc:
             self.runner.fail(exc, description="Refocus")
             return
@@ -324,7 +324,9 @@ class RefocusWidget(Container):
         weights, deblur_weights = self._weights.value, self._deblur_weights.value
         device_name, tile = self._device.value, int(self._tile.value)
         source, name = layer.name, f"{layer.name} refocused"
-        given_radiance = f"layer {radiance_layer.name!r}" if radiance_layer is not None else None
+        given_radiance = None
+        if radiance_layer is not None:
+            given_radiance = f"layer {radiance_layer.name!r}" + (f", slice {list(radiance_index)}" if radiance_index else "")
         placement = spatial_placement(layer, layer.data.ndim - len(index) - (1 if rgb else 0))
 
         def task(progress: ProgressFn, cancel: CancelFn):
