@@ -55,8 +55,6 @@ _OVERRIDES = [
     ("--ssim-weight", float, "weight of an extra 1 − SSIM term (default 0)"),
     ("--in-focus-weight", float, "deblur: weight of an extra squared-error term on the pixels already in focus "
                                  "(ground truth; default 0)"),
-    ("--defocus-weight", float, "deblur: weight of an auxiliary loss: the decoder features predict each pixel's "
-                                "ground-truth defocus through a training-only head (default 0)"),
     ("--lr", float, "Adam learning rate (paper 1e-4)"),
     ("--scene-size", int, "synthetic scene size in pixels"),
     ("--train-scenes", int, "number of training scenes"),

@@ -99,9 +99,6 @@ class TrainConfig:
     # content loss over the whole crop barely sees them (their error is small), so sharpening can overshoot
     # there unpunished; the quality bar scores them apart.
     in_focus_weight: float = 0.0
-    # deblur: weight of an auxiliary loss asking the decoder features to predict each pixel's ground-truth
-    # defocus (a training-only 3×3 head, not exported): the gains need to know how blurred a pixel is
-    defocus_weight: float = 0.0
     vgg_weights: str | None = None
 
     # optimiser: Adam, constant lr for the first half, then linear decay to 0
@@ -177,16 +174,14 @@ class TrainConfig:
         for name in ("adv_weight", "perceptual_weight", "pixel_weight", "ssim_weight", "gp_weight"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise RefocusError(f"{name} must be a number ≥ 0, got {getattr(self, name)}")
-        for name in ("in_focus_weight", "defocus_weight"):
-            flag = "--" + name.replace("_", "-")
-            if not getattr(self, name) >= 0:  # NaN included
-                raise RefocusError(f"{flag} must be ≥ 0, got {getattr(self, name)}")
-            if getattr(self, name) and self.task != "deblur":
-                raise RefocusError(f"{flag} applies to deblur (G1) only")
-            if getattr(self, name) and self.data_paths:
-                # their scenes carry no ground-truth disparity, so the term would only ever see sharp items
-                raise RefocusError(f"{flag} needs the synthetic scenes' ground-truth disparity; light fields "
-                                   "given with --data have none")
+        if not self.in_focus_weight >= 0:  # NaN included
+            raise RefocusError(f"--in-focus-weight must be ≥ 0, got {self.in_focus_weight}")
+        if self.in_focus_weight and self.task != "deblur":
+            raise RefocusError("--in-focus-weight applies to deblur (G1) only")
+        if self.in_focus_weight and self.data_paths:
+            # their scenes carry no ground-truth disparity, so the term would only ever see sharp items
+            raise RefocusError("--in-focus-weight needs the synthetic scenes' ground-truth disparity; light fields "
+                               "given with --data have none")
         for name in ("clean_prob", "far_background", "true_radiance_share"):
             check_share(name, getattr(self, name))
         return self

@@ -566,15 +566,14 @@ class FocalStackPairs(Dataset):
         disparity = scene.get("disparity")
         if self.train and rng.random() < self.augment.identity_prob:
             source = centre  # already sharp: the output must equal the input's content
-            defocus = np.zeros(centre.shape[:2], np.float32)
+            in_focus = np.ones(centre.shape[:2], bool)
         else:
             i = k % scene.stack.shape[0]
             source = scene.slice(i)
             if disparity is None:  # unknown without a disparity map: then no pixel counts as in focus
-                defocus = np.full(centre.shape[:2], -1.0, np.float32)
+                in_focus = np.zeros(centre.shape[:2], bool)
             else:
-                defocus = defocus_slices(disparity, float(STACK.slopes()[i]))
-        in_focus = (defocus >= 0) & (defocus < IN_FOCUS_SLICES)
+                in_focus = in_focus_mask(disparity, float(STACK.slopes()[i]))
         image = self._degrade(source, scene, rng)
         y0, y1, x0, x1 = self._window(*image.shape[:2], rng)
         parts = [image]
@@ -585,8 +584,6 @@ class FocalStackPairs(Dataset):
             "input": inp,
             "target": to_signed(centre[y0:y1, x0:x1]),
             "in_focus": torch.from_numpy(np.ascontiguousarray(in_focus[None, y0:y1, x0:x1], dtype=np.float32)),
-            # ground-truth defocus in slices (−1 where unknown), for the auxiliary defocus loss
-            "defocus": torch.from_numpy(np.ascontiguousarray(defocus[None, y0:y1, x0:x1], dtype=np.float32)),
         }
         return self._flip(item, rng)
 

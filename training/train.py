@@ -49,15 +49,13 @@ from .losses import ContentLoss, PatchCritic, critic_loss, generator_adversarial
 CHECKPOINT_NAME = "last.pt"
 LOG_NAME = "log.csv"
 CHECKPOINT_FORMAT = 1
-# the auxiliary defocus target saturates here: beyond ~10 slices the blur is wide and its exact size matters little
-DEFOCUS_CLIP_SLICES = 10.0
 # what export, evaluation and --resume read (Trainer.state_dict writes them)
 CHECKPOINT_KEYS = (
     "step", "epoch", "batch_in_epoch", "total_steps", "world_size", "config", "generator_config", "metadata",
     "generator", "critic", "opt_g", "opt_d", "sched_g", "sched_d", "rng",
 )  # fmt: skip
 LOG_FIELDS = [
-    "step", "epoch", "time_s", "lr", "loss_g", "loss_adv", "loss_content", "loss_pixel", "loss_ssim", "loss_in_focus", "loss_defocus",
+    "step", "epoch", "time_s", "lr", "loss_g", "loss_adv", "loss_content", "loss_pixel", "loss_ssim", "loss_in_focus",
     "loss_d", "w_dist", "gp", "val_psnr", "val_ssim", "val_psnr_true", "val_ssim_true", "val_psnr_g1", "val_ssim_g1",
 ]  # fmt: skip
 
@@ -315,15 +313,7 @@ class Trainer:
         for m in (self.generator, self.critic, self.content):
             m.to(device=self.device, memory_format=self.memory_format)
         betas = (cfg.beta1, cfg.beta2)
-        g_params = list(self.generator.parameters())
-        self.defocus_head: nn.Module | None = None
-        if cfg.defocus_weight:
-            # training-only: reads the decoder's full-resolution features (kept by a hook on generator.up)
-            self.defocus_head = nn.Conv2d(self.gen_cfg.ngf, 1, 3, padding=1).to(self.device)
-            self._decoder_features: torch.Tensor | None = None
-            self.generator.up.register_forward_hook(self._keep_decoder_features)
-            g_params += list(self.defocus_head.parameters())
-        self.opt_g = torch.optim.Adam(g_params, lr=cfg.lr, betas=betas)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=betas)
         schedule = lambda step: lr_factor(step, total_steps)  # noqa: E731
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, schedule)
@@ -345,21 +335,6 @@ class Trainer:
         if cfg.compile:
             # the generator only: the critic's gradient penalty needs double backward, which compile lacks
             self.g_net = torch.compile(self.g_net, dynamic=False)  # crops never change size within a run
-
-    def _keep_decoder_features(self, module, inputs, output) -> None:
-        self._decoder_features = output
-
-    def defocus_loss(self, batch: dict) -> torch.Tensor:
-        """L1 between the head's prediction from the last forward's decoder features and the ground-truth
-        defocus, clipped at DEFOCUS_CLIP_SLICES and scaled to [0, 1], over the pixels where it is known."""
-        if "defocus" not in batch:
-            raise RefocusError("--defocus-weight needs deblur items with a 'defocus' map (training.data adds one)")
-        truth = batch["defocus"].to(self.device, torch.float32)
-        known = (truth >= 0).float()
-        with self.autocast():
-            predicted = self.defocus_head(self._decoder_features).float()
-        target = truth.clamp(0, DEFOCUS_CLIP_SLICES) / DEFOCUS_CLIP_SLICES
-        return ((predicted - target).abs() * known).sum() / known.sum().clamp_min(1.0)
 
     def init_generator(self, spec: str) -> None:
         """Copy the weights of an exported generator into this one (fine-tuning). Every tensor of the file
@@ -433,10 +408,6 @@ class Trainer:
             in_focus = ((fake - y) ** 2 * sharp).sum() / (sharp.sum() * fake.shape[1]).clamp_min(1.0)
             loss_g = loss_g + cfg.in_focus_weight * in_focus
             stats["loss_in_focus"] = float(in_focus.detach())
-        if cfg.defocus_weight:
-            defocus = self.defocus_loss(batch)
-            loss_g = loss_g + cfg.defocus_weight * defocus
-            stats["loss_defocus"] = float(defocus.detach())
         if cfg.adversarial:
             with self.autocast():
                 adv = generator_adversarial_loss(self.critic, cond, fake).float()
@@ -488,7 +459,6 @@ class Trainer:
             "metadata": self.metadata(),
             "generator": self.generator.state_dict(),
             "critic": self.critic.state_dict(),
-            **({"defocus_head": self.defocus_head.state_dict()} if self.defocus_head is not None else {}),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(),
@@ -501,10 +471,6 @@ class Trainer:
     def load_state_dict(self, ckpt: dict) -> None:
         self.generator.load_state_dict(ckpt["generator"])
         self.critic.load_state_dict(ckpt["critic"])
-        if self.defocus_head is not None:
-            if "defocus_head" not in ckpt:
-                raise RefocusError("this run was trained without --defocus-weight; resume it without that option")
-            self.defocus_head.load_state_dict(ckpt["defocus_head"])
         self.opt_g.load_state_dict(ckpt["opt_g"])
         self.opt_d.load_state_dict(ckpt["opt_d"])
         self.sched_g.load_state_dict(ckpt["sched_g"])
@@ -540,7 +506,6 @@ class Trainer:
             "pixel_weight": str(cfg.pixel_weight),
             **({"ssim_weight": str(cfg.ssim_weight)} if cfg.ssim_weight else {}),
             **({"in_focus_weight": str(cfg.in_focus_weight)} if cfg.in_focus_weight else {}),
-            **({"defocus_weight": str(cfg.defocus_weight)} if cfg.defocus_weight else {}),
             "train_scenes": str(cfg.train_scenes),
             **({"far_background": str(cfg.far_background)} if cfg.far_background else {}),
             "data": ";".join(cfg.data_paths) or "synthetic",
