@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -170,6 +171,50 @@ def test_foreign_safetensors_and_bad_metadata_are_refused(tmp_path, g1_file):
     bad = _resave(g1_file, tmp_path / "bad.safetensors", mutate_meta=lambda m: m.update(config="{not json"))
     with pytest.raises(RefocusError, match="unreadable model description"):
         load_generator(bad)
+
+
+def test_a_config_asking_for_a_huge_network_is_refused_before_it_is_allocated(tmp_path, g1_file, monkeypatch):
+    """A 10 kB file whose config said n_blocks 2000 took 2.6 GB (100 000 filled the memory) before its
+    missing keys were reported."""
+
+    def config_with(**changes):
+        def mutate(meta):
+            meta["config"] = json.dumps({**json.loads(meta["config"]), **changes})
+
+        return mutate
+
+    many = _resave(g1_file, tmp_path / "many.safetensors", mutate_meta=config_with(n_blocks=100_000))
+    with pytest.raises(RefocusError, match="100000 residual blocks; at most 64"):
+        load_generator(many)
+    built_on = []
+    real = weights.Generator
+
+    def recording_generator(cfg):
+        built_on.append(torch.empty(0).device.type)  # the default device when the network is built
+        return real(cfg)
+
+    monkeypatch.setattr(weights, "Generator", recording_generator)
+    wide = _resave(g1_file, tmp_path / "wide.safetensors", mutate_meta=config_with(ngf=100_000, n_blocks=2))
+    with pytest.raises(RefocusError, match="does not match its generator config"):
+        load_generator(wide)
+    assert built_on == ["meta"]  # refused from a skeleton without memory; never allocated for real
+    load_generator(g1_file)
+    assert built_on == ["meta", "meta", "cpu"]
+
+
+def test_integer_weights_are_refused(tmp_path, g1_file):
+    """int32 tensors loaded as whole numbers: a network whose output equalled its input, without a word."""
+    bad = _resave(g1_file, tmp_path / "int.safetensors", lambda t: t.update({k: v.to(torch.int32) for k, v in t.items()}))
+    with pytest.raises(RefocusError, match="not floating point"):
+        load_generator(bad)
+
+
+def test_a_cut_safetensors_file_is_not_called_a_pickle(tmp_path):
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(struct.pack("<Q", 50_000_000) + b'{"a"')  # its header length's first byte is 0x80
+    with pytest.raises(RefocusError, match="not a safetensors file") as err:
+        load_generator(cut)
+    assert "pickle" not in str(err.value)
 
 
 def test_nan_weights_are_refused(tmp_path, g1_file):

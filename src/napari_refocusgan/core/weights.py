@@ -36,6 +36,7 @@ REGISTRY_PATH = WEIGHTS_DIR / "registry.json"
 
 # A safetensors header is JSON behind an 8-byte little-endian length; anything much larger is not one.
 _MAX_HEADER_BYTES = 100_000_000
+MAX_BLOCKS = 64  # residual blocks a weights file may ask for (the paper: 9; the shipped networks: 6)
 
 
 @dataclass(frozen=True)
@@ -295,8 +296,8 @@ def _sniff_safetensors(path: Path) -> None:
         (header_len,) = struct.unpack("<Q", head[:8])
         if 2 <= header_len <= min(_MAX_HEADER_BYTES, size - 8) and head[8:9] == b"{":
             return
-    # torch.save writes a zip (PK…) or, in the legacy format, a pickle (protocol byte 0x80 first)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    # torch.save writes a zip (PK…) or, in the legacy format, a pickle (PROTO opcode 0x80, then protocol 2–5)
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         raise RefocusError(
             f"{path} looks like a PyTorch/pickle file: only safetensors are accepted; we never unpickle "
             "(loading a pickle can run arbitrary code). Convert it with the training 'export' command."
@@ -394,11 +395,21 @@ def load_generator(
     if entry is not None and entry.config != config:
         raise RefocusError(f"{path}: its config differs from the registry entry {entry.name!r}.")
 
-    try:
-        generator = Generator(config)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise RefocusError(f"{path}: cannot build a generator from its config: {exc}") from exc
-    check_state_dict(generator, tensors, source=str(path))
+    if not 0 <= config.n_blocks <= MAX_BLOCKS:
+        raise RefocusError(f"{path}: its config asks for {config.n_blocks} residual blocks; at most {MAX_BLOCKS} "
+                           "make sense (the paper has 9).")  # fmt: skip
+    def build() -> Generator:
+        try:
+            return Generator(config)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise RefocusError(f"{path}: cannot build a generator from its config: {exc}") from exc
+
+    # first on the meta device (no memory): a small file whose config asks for a huge network is refused
+    # before that network is allocated
+    with torch.device("meta"):
+        skeleton = build()
+    check_state_dict(skeleton, tensors, source=str(path))
+    generator = build()
     generator.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)
     generator.eval().to(device)
     name = entry.name if entry is not None else metadata.get("name", path.stem)
@@ -422,6 +433,9 @@ def check_state_dict(generator: Generator, tensors: dict[str, torch.Tensor], *, 
     ]
     if shapes:
         problems.append(f"wrong shape {len(shapes)}: {_short(shapes)}")
+    dtypes = [f"{k} {v.dtype}" for k, v in tensors.items() if k in expected and not v.is_floating_point()]
+    if dtypes:  # integer weights would load as whole numbers: a network that does nothing useful
+        problems.append(f"not floating point {len(dtypes)}: {_short(dtypes)}")
     if problems:
         raise RefocusError(f"{source} does not match its generator config: " + "; ".join(problems) + ".")
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
