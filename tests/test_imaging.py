@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -189,3 +191,83 @@ def test_focal_stack_overshoot_is_accepted_and_clipped():
     aif, _ = all_in_focus(stack)
     assert 0.0 <= aif.min() and aif.max() <= 1.0
     np.testing.assert_array_equal(to_float(stack), np.clip(stack, 0, 1))
+
+
+def test_tiff_pages_appended_one_by_one_are_read_as_a_stack(tmp_path):
+    """tifffile's append=True writes one series per page: only the first page used to be read."""
+    import tifffile
+
+    pages = np.random.default_rng(1).integers(0, 255, (4, 12, 16), dtype=np.uint8)
+    appended = tmp_path / "appended.tif"
+    for page in pages:
+        tifffile.imwrite(appended, page, append=True)
+    np.testing.assert_array_equal(read_image(appended), pages)
+    colour = tmp_path / "colour.tif"
+    for page in np.stack([pages[..., None]] * 3, axis=-1)[..., 0, :]:
+        tifffile.imwrite(colour, page, append=True, photometric="rgb")
+    assert read_image(colour).shape == (4, 12, 16, 3)
+    # series of different shapes (an image and its thumbnail): the first one is the image
+    with_thumbnail = tmp_path / "thumb.tif"
+    tifffile.imwrite(with_thumbnail, pages[0])
+    tifffile.imwrite(with_thumbnail, pages[1, :6, :8], append=True)
+    np.testing.assert_array_equal(read_image(with_thumbnail), pages[0])
+
+
+def test_files_are_decoded_by_content_and_odd_files_get_clear_messages(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    rgb16 = (np.random.default_rng(2).random((10, 12, 3)) * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "deep.tif", rgb16, photometric="rgb")
+    (tmp_path / "deep.png").write_bytes((tmp_path / "deep.tif").read_bytes())  # a TIFF named .png
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png"), rgb16)  # 16 bits kept
+    rgb8 = (rgb16 >> 8).astype(np.uint8)
+    Image.fromarray(rgb8).save(tmp_path / "photo.png")
+    (tmp_path / "photo.tif").write_bytes((tmp_path / "photo.png").read_bytes())  # a PNG named .tif
+    np.testing.assert_array_equal(read_image(tmp_path / "photo.tif"), rgb8)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(RefocusError, match=r"empty \(0 bytes\)"):
+        read_image(tmp_path / "empty.png")
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    with pytest.raises(RefocusError, match="Cannot read .*junk.png as an image"):
+        read_image(tmp_path / "junk.png")
+
+
+def test_a_1_bit_image_is_read_as_8_bit(tmp_path):
+    from PIL import Image
+
+    bits = np.random.default_rng(3).random((8, 10)) > 0.5
+    Image.fromarray(bits).save(tmp_path / "bits.png")
+    image = read_image(tmp_path / "bits.png")
+    assert image.dtype == np.uint8
+    np.testing.assert_array_equal(image, bits.astype(np.uint8) * 255)
+
+
+def test_big_endian_16_bit_data_is_read_processed_and_written_as_16_bit(tmp_path):
+    """A '>u2' array compared unequal to np.uint16: it was written as an all-white 8-bit PNG."""
+    import tifffile
+
+    from napari_refocusgan.core.imaging import check_output_path
+
+    values = (np.random.default_rng(4).random((10, 12, 3)) * 65535).astype(np.uint16)
+    big = values.astype(">u2")
+    tifffile.imwrite(tmp_path / "big.tif", big, photometric="rgb", byteorder=">")
+    read = read_image(tmp_path / "big.tif")
+    assert read.dtype == np.uint16 and read.dtype.isnative
+    np.testing.assert_array_equal(read, values)
+    write_image(tmp_path / "out.png", big)
+    np.testing.assert_array_equal(read_image(tmp_path / "out.png"), values)
+    with pytest.raises(RefocusError, match="JPEG cannot hold 16-bit"):
+        check_output_path(tmp_path / "out.jpg", dtype=big.dtype, shape=big.shape)
+    rgb = as_rgb(big)
+    restored = rgb.restore(to_float(big))
+    assert restored.dtype == np.uint16 and restored.dtype.isnative
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    from napari_refocusgan.core.imaging import check_output_path
+
+    with pytest.raises(RefocusError, match="cannot write into /proc"):
+        check_output_path("/proc/result.png", shape=(8, 8))  # root may write almost anywhere, but not here
+    check_output_path(tmp_path / "new" / "result.png", shape=(8, 8))  # a folder to be made under a writable one is fine

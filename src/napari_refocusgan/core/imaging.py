@@ -11,6 +11,7 @@ import math
 import os
 import secrets
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,13 @@ def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1) -> RGBI
     h, w = rgb.shape[:2]
     if h < min_size or w < min_size:
         raise RefocusError(f"{name} is {h}×{w} pixels; at least {min_size}×{min_size} is needed.")
-    return RGBImage(np.ascontiguousarray(rgb), alpha, was_gray, arr.dtype)
+    return RGBImage(np.ascontiguousarray(rgb), alpha, was_gray, arr.dtype.newbyteorder("="))  # results: native order
+
+
+def native_byte_order(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order: a big-endian '>u2' array would otherwise compare unequal to
+    np.uint16 and keep its byte order into results and files (a 16-bit image then wrote as all-white 8-bit)."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
 
 def image_slices(
@@ -115,7 +122,7 @@ def image_slices(
     ``rgb``: whether the last axis holds colour (1, 3 or 4 channels); guessed when None. Images smaller than
     ``min_size`` pixels a side are refused, naming ``needed_by``.
     """
-    arr = np.asarray(image)
+    arr = native_byte_order(np.asarray(image))
     if arr.dtype.kind not in "uf" or (arr.dtype.kind == "u" and arr.dtype.itemsize > 2):
         raise RefocusError(f"{name} has dtype {arr.dtype}; expected uint8, uint16 or float.")
     if arr.size == 0:
@@ -165,8 +172,9 @@ def luminance(image: np.ndarray) -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file (PNG, JPEG, TIFF, …) as stored, with a clear error for missing or corrupt files.
 
-    Pixels come as they are shown: an EXIF orientation is applied, CMYK becomes RGB and gray + alpha
-    becomes RGBA (the tools take gray, RGB or RGBA).
+    The decoder is chosen by the file's content, not its suffix. Pixels come as they are shown: an EXIF
+    orientation is applied, CMYK becomes RGB, gray + alpha becomes RGBA (the tools take gray, RGB or RGBA)
+    and a 1-bit image becomes uint8 0/255.
     """
     path = Path(path)
     if not path.exists():
@@ -174,32 +182,57 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.is_dir():
         raise RefocusError(f"{path} is a folder; expected an image file.")
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return _read_tiff(path)
-        if _is_16bit_colour_png(path):  # Pillow silently reads these as 8-bit; FFmpeg keeps 16 bits
-            return _read_16bit_colour_png(path)
-        import imageio.v3 as iio
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as im:  # the header only
-                mode = {"CMYK": "RGB", "LA": "RGBA", "La": "RGBA", "PA": "RGBA"}.get(im.mode)
-        except UnidentifiedImageError:  # not a Pillow format: imageio finds a plugin
-            return iio.imread(path)
-        return iio.imread(path, plugin="pillow", mode=mode, rotate=True)
+        if path.stat().st_size == 0:
+            raise RefocusError(f"{path} is empty (0 bytes); expected an image file.")
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head in TIFF_MAGIC:
+            data = _read_tiff(path)
+        elif _is_16bit_colour_png(path):  # Pillow silently reads these as 8-bit; FFmpeg keeps 16 bits
+            data = _read_16bit_colour_png(path)
+        else:
+            data = _read_with_pillow_or_imageio(path)
+    except RefocusError:
+        raise
     except Exception as exc:  # decoders raise many types; all mean "not a readable image"
-        raise RefocusError(f"Cannot read {path} as an image: {exc}") from exc
+        raise RefocusError(f"Cannot read {path} as an image ({type(exc).__name__}: {exc}).") from exc
+    data = native_byte_order(np.asarray(data))
+    return data.astype(np.uint8) * np.uint8(255) if data.dtype == bool else data
+
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
+def _read_with_pillow_or_imageio(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:  # the header only
+            mode = {"CMYK": "RGB", "LA": "RGBA", "La": "RGBA", "PA": "RGBA"}.get(im.mode)
+    except UnidentifiedImageError:  # not a Pillow format: imageio finds a plugin
+        return iio.imread(path)
+    return iio.imread(path, plugin="pillow", mode=mode, rotate=True)
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    """The first image series, colour last: planar RGB(A) (axes SYX, samples before the rows) would otherwise
-    be taken for three gray slices. ImageJ channels (C) stay where they are: they are usually separate stains,
-    not the red, green and blue of one colour image."""
+    """The image series, colour last: planar RGB(A) (axes SYX, samples before the rows) would otherwise be
+    taken for three gray slices. ImageJ channels (C) stay where they are: they are usually separate stains,
+    not the red, green and blue of one colour image. Several series of one shape and dtype (pages appended
+    one by one) are stacked as slices; otherwise the first series is the image (later ones are often
+    thumbnails or masks)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        data, axes = series.asarray(), series.axes
+        series = [(s.asarray(), s.axes) for s in tif.series]
+    images = [_colour_last(data, axes) for data, axes in series]
+    first = images[0]
+    if len(images) > 1 and all(im.shape == first.shape and im.dtype == first.dtype for im in images):
+        return np.stack(images)
+    return first
+
+
+def _colour_last(data: np.ndarray, axes: str) -> np.ndarray:
     i = axes.find("S")
     if 0 <= i < data.ndim - 1 and data.shape[i] in (3, 4):
         return np.moveaxis(data, i, -1)
@@ -276,11 +309,12 @@ def check_output_path(
     existing = nearest_existing(out.parent)  # write_image makes the missing folders
     if not existing.is_dir():
         raise RefocusError(f"output {out}: {existing} is a file, not a folder.")
+    _check_writable(out, existing)
     if suffix in TIFF_SUFFIXES:
         return out
     if float_data:
         raise RefocusError(f"this result is float32 data; write it as .tif ({suffix} would round it to 8 bits).")
-    dtype = np.dtype(dtype)
+    dtype = np.dtype(dtype).newbyteorder("=")
     single = len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))
     if not single:
         raise RefocusError(f"a result of shape {tuple(shape)} is a stack; write it as .tif.")
@@ -292,6 +326,19 @@ def check_output_path(
     return out
 
 
+def _check_writable(out: Path, folder: Path) -> None:
+    """Refuse an output that cannot be written, before the work rather than after it: a new file needs a
+    writable ``folder`` (the nearest existing one); an existing file is enough when it is writable itself
+    (:func:`write_image` then writes it in place)."""
+    if out.is_file() and os.access(out, os.W_OK):
+        return
+    try:  # really try: os.access says yes to root on folders where creating a file fails (/sys, /proc)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise RefocusError(f"output {out}: cannot write into {folder} ({exc.strerror or exc}).") from exc
+
+
 def write_image(path: str | Path, image: np.ndarray) -> Path:
     """Write ``image``: TIFF keeps any dtype (float32 stacks); PNG/JPEG need uint8/uint16 (floats are
     written as 8 bits).
@@ -301,6 +348,7 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     made beside it (a read-only folder), it is written in place.
     """
     path = Path(path)
+    image = native_byte_order(np.asarray(image))
     path.parent.mkdir(parents=True, exist_ok=True)
     target = Path(os.path.realpath(path))
     try:
