@@ -196,6 +196,7 @@ def test_synthetic_depth_index_follows_plane_order(scene_stack):
         (np.zeros((1, 8, 8, 3), np.float32), "at least 2 slices"),
         (np.zeros((8, 8, 3), np.float32), "single image"),
         (np.zeros((8, 8, 1), np.float32), "single image"),  # not 8 slices one pixel wide
+        (np.zeros((8, 8, 2), np.float32), "single image"),  # gray + alpha, not 8 slices two pixels wide
         (np.zeros((8, 8), np.float32), "focal stack must be"),
         (np.full((3, 8, 8, 3), np.nan, np.float32), "NaN"),
     ],
@@ -271,7 +272,7 @@ def test_cli_all_in_focus_keeps_uint8_and_writes_depth(tmp_path):
     assert psnr(aif / 255, sharp) > psnr(stack[0], sharp) + 6
 
 
-def test_cli_all_in_focus_float_stack_and_errors(tmp_path):
+def test_cli_all_in_focus_float_stack_and_errors(tmp_path, capsys):
     stack, _, _ = _striped_stack(n=3, size=32)
     src = write_image(tmp_path / "stack.tif", stack)
     out = tmp_path / "aif.tif"
@@ -279,4 +280,9 @@ def test_cli_all_in_focus_float_stack_and_errors(tmp_path):
     assert read_image(out).dtype == np.float32
     single = write_image(tmp_path / "one.tif", stack[:1])
     assert main(["all-in-focus", str(single), "-o", str(out)]) == 2
+    # a plain gray image is refused as one, also with a .png output (that check said "a result of shape (32,)")
+    flat = write_image(tmp_path / "flat.png", np.rint(stack[0, ..., 0] * 255).astype(np.uint8))
+    capsys.readouterr()
+    assert main(["all-in-focus", str(flat), "-o", str(tmp_path / "aif.png")]) == 2
+    assert "a focal stack must be (slices, H, W)" in capsys.readouterr().err
     assert main(["all-in-focus", str(src), "-o", str(out), "--measures", "nope"]) == 2

@@ -30,18 +30,19 @@ DEFAULT_BLEND_SIGMA = 1.5
 MAX_BLEND_SIGMA = 256.0  # wider smooths nothing more, but its Gaussian costs minutes and gigabytes
 
 
-def _stack_layout(stack: np.ndarray, rgb: bool | None) -> bool:
-    """Whether ``stack`` is (S, H, W, C) colour rather than (S, H, W) gray, with clear errors otherwise."""
+def stack_layout(stack: np.ndarray, rgb: bool | None) -> bool:
+    """Whether ``stack`` is (S, H, W, C) colour rather than (S, H, W) gray, with clear errors otherwise
+    (shape only: callers check it before reading or writing anything else)."""
     arr = np.asarray(stack)
     if arr.size == 0:
         raise RefocusError(f"the focal stack is empty (shape {arr.shape}).")
     if rgb is None:
         if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
             rgb = True
-        elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        elif arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4):  # 2: gray + alpha
             raise RefocusError(
                 f"shape {arr.shape} looks like a single image, not a focal stack; a stack is "
-                "(slices, H, W) gray or (slices, H, W, 3) colour (for a gray stack 3 or 4 pixels wide, "
+                "(slices, H, W) gray or (slices, H, W, 3) colour (for a gray stack 1 to 4 pixels wide, "
                 "pass rgb=False, or --gray on the command line)."
             )
         elif arr.ndim == 3:
@@ -118,7 +119,7 @@ def all_in_focus(
     Returns (all-in-focus float32 (H, W[, C]), depth index float32 (H, W): 0-based sharpest slice, fractional
     by parabolic refinement). ``progress`` counts measure evaluations plus one blending step.
     """
-    rgb = _stack_layout(stack, rgb)
+    rgb = stack_layout(stack, rgb)
     if isinstance(measures, str):
         measures = [measures]  # one name, not a sequence of letters
     if not (isinstance(blend_sigma, (int, float, np.number)) and 0 <= blend_sigma <= MAX_BLEND_SIGMA):
