@@ -915,6 +915,8 @@ def test_what_the_user_asks_for_after_cancel_still_runs(make_napari_viewer, qtbo
     widget._deblur_weights.value = tiny_weights[0]
     widget._delta.value = 3.0
     assert started.wait(30)
+    widget._run_button.clicked()  # during the run, without Cancel: refused (a double click must not run twice)
+    assert not widget._rerun_pending
     widget._delta.value = 4.0  # queued, then cancelled with the run
     widget.runner.request_cancel()
     if after_cancel == "turn δ":
@@ -928,7 +930,10 @@ def test_what_the_user_asks_for_after_cancel_still_runs(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=30000)
     assert viewer.layers["photo refocused"].metadata["delta"] == 5.0
     assert any("Refocus cancelled" in m for m in notes.messages(NotificationSeverity.INFO))
-    assert notes.errors() == [] and notes.messages(NotificationSeverity.WARNING) == []
+    assert notes.errors() == []
+    assert [m for m in notes.messages(NotificationSeverity.WARNING)] == [
+        "Refocus is still running: wait for it or press Cancel."
+    ]
 
 
 # --------------------------------------------------------------------------------------------- classical
@@ -1060,16 +1065,19 @@ def test_outputs_keep_rotation_shear_and_affine_so_they_overlay_their_input(view
                              translate=(5, -7), shear=[0.2], affine=[[1, 0, 4], [0, 1.5, 0], [0, 0, 1]])  # fmt: skip
     stack = viewer.add_image(np.stack([textured_image(s) for s in (5, 6)]), name="stack", rgb=True, rotate=20,
                              scale=(1, 2, 2))  # fmt: skip
+    # napari also takes a whole shear matrix, lower-triangular too, and then gives it back as a matrix
+    lower = viewer.add_image(textured_image(7), name="lower", rgb=True, shear=np.array([[1.0, 0.0], [0.3, 1.0]]))
     viewer.dims.current_step = (1, 0, 0)
     sml_widget, classical = dock(viewer, "Focus measure (SML)"), dock(viewer, "Classical")
     classical._method.value = "sharpen"
-    for layer in (photo, stack):
+    for layer in (photo, stack, lower):
         sml_widget._image.value = classical._image.value = layer
         sml_widget._run_button.clicked()
         classical._run_button.clicked()
     points = np.array([[0.0, 0.0], [10.0, 20.0], [31.0, 39.0]])
     for out_name, source, lead in (("photo SML", photo, []), ("photo sharpen", photo, []),
-                                   ("stack SML", stack, [1.0]), ("stack sharpen", stack, [1.0])):  # fmt: skip
+                                   ("stack SML", stack, [1.0]), ("stack sharpen", stack, [1.0]),
+                                   ("lower SML", lower, []), ("lower sharpen", lower, [])):  # fmt: skip
         out = viewer.layers[out_name]
         for p in points:
             at = out.data_to_world(list(p) if out.ndim == 2 else lead + list(p))

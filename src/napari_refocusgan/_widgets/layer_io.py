@@ -198,8 +198,10 @@ def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:
     (non-channel) axes, so that results overlay their input. For a slice of a stack, the trailing blocks of
     the transform's matrices: exact when the stack axes do not mix with the image axes (the usual case)."""
     d = layer.ndim
-    shear = np.eye(d)
-    shear[np.triu_indices(d, 1)] = layer.shear  # napari gives the upper-triangular entries as a vector
+    shear = np.asarray(layer.shear, dtype=float)
+    if shear.ndim == 1:  # napari gives the upper-triangular entries as a vector, a lower-triangular shear whole
+        shear = np.eye(d)
+        shear[np.triu_indices(d, 1)] = layer.shear
     affine = np.asarray(layer.affine.affine_matrix)
     trailing = np.eye(ndim + 1)
     trailing[:ndim, :ndim] = affine[d - ndim : d, d - ndim : d]

@@ -266,7 +266,7 @@ class RefocusWidget(Container):
                 self._device, self._tile, self._run_button, self.runner,
             ]
         )  # fmt: skip
-        self._run_button.changed.connect(self._run_requested)
+        self._run_button.changed.connect(self._button_pressed)
         self._delta.changed.connect(self._delta_changed)
         self.runner.finished.connect(self._after_run)
         self.runner.cancelling.connect(self._drop_pending_run)
@@ -287,11 +287,17 @@ class RefocusWidget(Container):
         self._delta.step = 1.0 if config.delta_mode == "onehot" else 0.5
 
     def _delta_changed(self, *_) -> None:
-        if self._live.value and self._image.value is not None:
-            self._run_requested()
+        if not self._live.value or self._image.value is None:
+            return
+        if self.runner.busy:  # coalesce: run once more, with the δ of then, when the current run ends
+            self._rerun_pending = True
+            return
+        self.run()
 
-    def _run_requested(self, *_) -> None:
-        if self.runner.busy:  # coalesce: run once more, with the settings of then, when the current run ends
+    def _button_pressed(self, *_) -> None:
+        # after Cancel, a click queues the run; during a run it is refused with a warning (a double click
+        # must not refocus a whole stack twice)
+        if self.runner.stopping:
             self._rerun_pending = True
             return
         self.run()

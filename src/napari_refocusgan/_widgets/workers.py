@@ -132,6 +132,11 @@ class TaskRunner(Container):
     def busy(self) -> bool:
         return self._running
 
+    @property
+    def stopping(self) -> bool:
+        """A task is running and Cancel was pressed: it ends at its next check."""
+        return self._running and self._cancel_event.is_set()
+
     def request_cancel(self, *_: Any) -> None:
         """Ask the running task to stop at its next ``cancel()`` check."""
         if self._running:
@@ -150,7 +155,7 @@ class TaskRunner(Container):
         Returns the napari worker (None when run synchronously or refused because a task is running).
         """
         if self._running:
-            if self._cancel_event.is_set():
+            if self.stopping:
                 show_warning(f"{self._description} is stopping after Cancel: try again in a moment.")
             else:
                 show_warning(f"{self._description} is still running: wait for it or press Cancel.")
