@@ -206,6 +206,17 @@ def test_tiff_pages_appended_one_by_one_are_read_as_a_stack(tmp_path):
     for page in np.stack([pages[..., None]] * 3, axis=-1)[..., 0, :]:
         tifffile.imwrite(colour, page, append=True, photometric="rgb")
     assert read_image(colour).shape == (4, 12, 16, 3)
+    # series that are stacks themselves (positions of a ZYX acquisition, also as OME) are not merged
+    positions = tmp_path / "positions.tif"
+    volumes = np.stack([pages[:2], pages[2:]])
+    for volume in volumes:
+        tifffile.imwrite(positions, volume, append=True, metadata={"axes": "ZYX"})
+    np.testing.assert_array_equal(read_image(positions), volumes[0])
+    ome = tmp_path / "planes.ome.tif"
+    with tifffile.TiffWriter(ome, ome=True) as writer:
+        for page in pages[:2]:
+            writer.write(page)
+    np.testing.assert_array_equal(read_image(ome), pages[0])
     # series of different shapes (an image and its thumbnail): the first one is the image
     with_thumbnail = tmp_path / "thumb.tif"
     tifffile.imwrite(with_thumbnail, pages[0])

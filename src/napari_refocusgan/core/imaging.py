@@ -218,18 +218,20 @@ def _read_with_pillow_or_imageio(path: Path) -> np.ndarray:
 def _read_tiff(path: Path) -> np.ndarray:
     """The image series, colour last: planar RGB(A) (axes SYX, samples before the rows) would otherwise be
     taken for three gray slices. ImageJ channels (C) stay where they are: they are usually separate stains,
-    not the red, green and blue of one colour image. Several series of one shape and dtype (pages appended
-    one by one) are stacked as slices; otherwise the first series is the image (later ones are often
-    thumbnails or masks)."""
+    not the red, green and blue of one colour image. Single images appended page by page (several 2-D series
+    of one shape and dtype, as tifffile's append=True writes) are stacked as slices; otherwise the first
+    series is the image (later ones may be thumbnails, other positions of an OME file, masks)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        series = [(s.asarray(), s.axes) for s in tif.series]
-    images = [_colour_last(data, axes) for data, axes in series]
-    first = images[0]
-    if len(images) > 1 and all(im.shape == first.shape and im.dtype == first.dtype for im in images):
-        return np.stack(images)
-    return first
+        series = tif.series
+        first = series[0]
+        appended = len(series) > 1 and not tif.is_ome and all(
+            s.axes in ("YX", "YXS") and s.shape == first.shape and s.dtype == first.dtype for s in series
+        )
+        if appended:
+            return np.stack([_colour_last(s.asarray(), s.axes) for s in series])
+        return _colour_last(first.asarray(), first.axes)
 
 
 def _colour_last(data: np.ndarray, axes: str) -> np.ndarray:
@@ -330,8 +332,11 @@ def _check_writable(out: Path, folder: Path) -> None:
     """Refuse an output that cannot be written, before the work rather than after it: a new file needs a
     writable ``folder`` (the nearest existing one); an existing file is enough when it is writable itself
     (:func:`write_image` then writes it in place)."""
-    if out.is_file() and os.access(out, os.W_OK):
-        return
+    target = Path(os.path.realpath(out))  # write_image writes beside the file a symlink points to
+    if target.is_file():
+        if os.access(target, os.W_OK):
+            return
+        folder = target.parent
     try:  # really try: os.access says yes to root on folders where creating a file fails (/sys, /proc)
         with tempfile.TemporaryFile(dir=folder):
             pass
