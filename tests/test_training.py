@@ -166,6 +166,8 @@ def test_configs_resolve_and_reject_bad_values():
     for share in ("far_background", "true_radiance_share"):
         with pytest.raises(RefocusError, match=f"{share} is a share"):
             get_config("cpu", "refocus", **{share: 1.5})
+    with pytest.raises(RefocusError, match="at most 64"):
+        get_config("cpu", "deblur", n_blocks=65)  # load_generator would refuse its weights
     with pytest.raises(RefocusError, match="deblur"):
         get_config("cpu", "refocus", in_focus_weight=1.0)
     with pytest.raises(RefocusError, match="≥ 0"):

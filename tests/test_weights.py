@@ -184,8 +184,11 @@ def test_a_config_asking_for_a_huge_network_is_refused_before_it_is_allocated(tm
         return mutate
 
     many = _resave(g1_file, tmp_path / "many.safetensors", mutate_meta=config_with(n_blocks=100_000))
-    with pytest.raises(RefocusError, match="100000 residual blocks; at most 64"):
+    with pytest.raises(RefocusError, match="100000 residual blocks; a whole number up to 64"):
         load_generator(many)
+    text = _resave(g1_file, tmp_path / "text.safetensors", mutate_meta=config_with(n_blocks="6"))
+    with pytest.raises(RefocusError, match="'6' residual blocks"):
+        load_generator(text)
     built_on = []
     real = weights.Generator
 
@@ -209,9 +212,10 @@ def test_integer_weights_are_refused(tmp_path, g1_file):
         load_generator(bad)
 
 
-def test_a_cut_safetensors_file_is_not_called_a_pickle(tmp_path):
+@pytest.mark.parametrize("header_length", [50_000_000, 640])  # first bytes 0x80 0xf0 …; 0x80 0x02 as pickle 2
+def test_a_cut_safetensors_file_is_not_called_a_pickle(tmp_path, header_length):
     cut = tmp_path / "cut.safetensors"
-    cut.write_bytes(struct.pack("<Q", 50_000_000) + b'{"a"')  # its header length's first byte is 0x80
+    cut.write_bytes(struct.pack("<Q", header_length) + b'{"a"')
     with pytest.raises(RefocusError, match="not a safetensors file") as err:
         load_generator(cut)
     assert "pickle" not in str(err.value)

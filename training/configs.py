@@ -15,6 +15,7 @@ from typing import Literal
 
 from napari_refocusgan.core.errors import RefocusError
 from napari_refocusgan.core.networks import GeneratorConfig, deblur_config, refocus_config
+from napari_refocusgan.core.weights import MAX_BLOCKS
 
 Task = Literal["deblur", "refocus"]
 TASKS: tuple[str, ...] = ("deblur", "refocus")
@@ -164,6 +165,8 @@ class TrainConfig:
             raise RefocusError("give the run a length: --steps N (or a config with epochs)")
         if self.steps is not None and self.steps < 1:
             raise RefocusError(f"--steps must be at least 1, got {self.steps}")
+        if self.n_blocks is not None and self.n_blocks > MAX_BLOCKS:  # the plugin would refuse its weights
+            raise RefocusError(f"--n-blocks must be at most {MAX_BLOCKS}, got {self.n_blocks}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise RefocusError(f"--lr must be a positive number, got {self.lr}")
         for name, least in (("ngf", 1), ("ndf", 1), ("n_blocks", 0), ("threads", 1), ("seed", 0), ("epochs", 1),

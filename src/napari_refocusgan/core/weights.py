@@ -297,7 +297,8 @@ def _sniff_safetensors(path: Path) -> None:
         if 2 <= header_len <= min(_MAX_HEADER_BYTES, size - 8) and head[8:9] == b"{":
             return
     # torch.save writes a zip (PK…) or, in the legacy format, a pickle (PROTO opcode 0x80, then protocol 2–5)
-    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+    pickle_start = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    if head[:4] == b"PK\x03\x04" or (pickle_start and head[8:9] != b"{"):  # "{": a cut safetensors header
         raise RefocusError(
             f"{path} looks like a PyTorch/pickle file: only safetensors are accepted; we never unpickle "
             "(loading a pickle can run arbitrary code). Convert it with the training 'export' command."
@@ -395,9 +396,9 @@ def load_generator(
     if entry is not None and entry.config != config:
         raise RefocusError(f"{path}: its config differs from the registry entry {entry.name!r}.")
 
-    if not 0 <= config.n_blocks <= MAX_BLOCKS:
-        raise RefocusError(f"{path}: its config asks for {config.n_blocks} residual blocks; at most {MAX_BLOCKS} "
-                           "make sense (the paper has 9).")  # fmt: skip
+    if not (isinstance(config.n_blocks, int) and 0 <= config.n_blocks <= MAX_BLOCKS):
+        raise RefocusError(f"{path}: its config asks for {config.n_blocks!r} residual blocks; a whole number up "
+                           f"to {MAX_BLOCKS} is needed (the paper has 9).")  # fmt: skip
     def build() -> Generator:
         try:
             return Generator(config)
