@@ -436,11 +436,15 @@ def test_napari_status_bar_cancel_stops_the_task_too(make_napari_viewer, qtbot, 
             time.sleep(0.005)
         return "finished"
 
+    cancelling = []
+    runner.cancelling.connect(lambda: cancelling.append(runner.last_status))
     worker = runner.run(task, lambda _: None, description="Job")
     assert started.wait(10)
     worker.quit()  # what napari's activity/status bar calls
     qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
     assert runner.last_status == "cancelled"
+    # widgets hear of it before `finished`, as of our Cancel (Refocus then drops a δ queued before it)
+    assert cancelling == [None]
 
 
 def test_cancel_between_slices_of_a_widget_run_adds_nothing(viewer, notes, monkeypatch):

@@ -228,6 +228,8 @@ class TaskRunner(Container):
             logger.info("%s ended after its widget closed", self._description)
             return
         if outcome.cancelled:
+            if not self._cancel_event.is_set():  # stopped by napari (worker.quit), not our button: say so too
+                self.cancelling.emit()
             self._report("cancelled", f"{self._description} cancelled.", show_info)
             return
         if outcome.error is None:
