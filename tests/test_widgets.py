@@ -1261,6 +1261,28 @@ def test_focus_stacking_widget_picks_a_stack_added_after_it_opened_until_the_use
     assert widget._stack.value is stack  # the pick is gone: a stack again
 
 
+def test_focus_stacking_refuses_a_lazy_4d_layer_without_reading_it(viewer, notes):
+    """A (T, Z, Y, X) dask layer was read whole, in the task, before the refusal."""
+    pytest.importorskip("dask")
+    import dask.array as da
+
+    blocks_read = []
+
+    def record(block):
+        blocks_read.append(block.shape)
+        return block
+
+    lazy = da.zeros((4, 5, 16, 16), chunks=(1, 1, 16, 16), dtype=np.float32).map_blocks(record, dtype=np.float32)
+    layer = viewer.add_image(lazy, name="movie", contrast_limits=(0, 1))
+    widget = dock(viewer, "Focus stacking")
+    widget._stack.value = layer
+    shown = len(blocks_read)  # napari reads the slice it displays
+    widget._run_button.clicked()
+    assert any("expected a gray (S, H, W) stack" in m for m in notes.errors()), notes.errors()
+    assert len(blocks_read) == shown  # none of the 20 blocks read for the run
+    assert len(viewer.layers) == 1
+
+
 @pytest.mark.parametrize(
     ("shape", "rgb", "expected"),
     [((2, 2, 16, 16, 3), True, "expected a colour"), ((16, 16), False, "expected a gray"), ((1, 16, 16), False, "at least 2 slices")],

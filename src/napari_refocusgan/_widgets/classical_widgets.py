@@ -16,7 +16,7 @@ from ..core.classical import MAX_RADIUS as MAX_SHARPEN_RADIUS
 from ..core.errors import RefocusError
 from ..core.focalstack import CancelFn, ProgressFn
 from ..core.focus import FOCUS_MEASURES
-from ..core.focus_stacking import DEFAULT_BLEND_SIGMA, DEFAULT_MEASURES, DEFAULT_WINDOW, all_in_focus
+from ..core.focus_stacking import DEFAULT_BLEND_SIGMA, DEFAULT_MEASURES, DEFAULT_WINDOW, all_in_focus, stack_layout
 from ..core.imaging import as_rgb
 from .layer_io import (
     OutputLayers,
@@ -233,11 +233,13 @@ class FocusStackingWidget(Container):
     def run(self, *_) -> None:
         try:
             layer = chosen_layer(self._stack, "a focal-stack layer")
-            read = layer_data_later(layer)
+            read = layer_data_later(layer)  # lazy data is read later, in the task
+            rgb = bool(layer.rgb)
+            # the shape alone, before anything is read: a big lazy (T, Z, Y, X) layer is refused at once
+            stack_layout(np.broadcast_to(np.zeros((), np.float32), layer.data.shape), rgb)
         except Exception as exc:
             self.runner.fail(exc, description="Focus stacking")
             return
-        rgb = bool(layer.rgb)
         measures = list(self._measures.value)
         window, blend = int(self._window.value), float(self._blend.value)
         placement = spatial_placement(layer, 2)
