@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 from scipy import ndimage
+from _cli import positive_int
 
 
 def median_time(fn, repeat: int) -> tuple[float, float]:
@@ -46,8 +47,8 @@ def ramp_stack(image: np.ndarray, slices: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--repeat", type=positive_int, default=5)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from _cli import positive_int  # benchmarks/ is on sys.path when run as a script
 from napari_refocusgan.core.focalstack import StackConfig, shift_and_sum
 from napari_refocusgan.core.focus import sml
 
@@ -28,7 +29,7 @@ def best_of(fn, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=positive_int, default=5)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")

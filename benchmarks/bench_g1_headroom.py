@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training import data  # noqa: E402
+from _cli import positive_int, run_script  # noqa: E402
 from training import evaluate as ev  # noqa: E402
 
 from napari_refocusgan.core.blur_compare import gaussian_blurs_torch  # noqa: E402
@@ -80,18 +81,18 @@ def with_gains(it: dict, gain_map: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--synthetic", type=int, default=8, help="synthetic test scenes (default 8)")
+    p.add_argument("--synthetic", type=positive_int, default=8, help="synthetic test scenes (default 8)")
     p.add_argument("--scene-size", type=int, default=192)
     p.add_argument("--g1", default="deblur", help="G1 to score alongside (registry name or file)")
     p.add_argument("--cache-dir", type=Path, default=ROOT / data.DEFAULT_CACHE_DIR)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from scipy import ndimage
 
     t0 = time.perf_counter()
-    g1 = ev.load_model(args.g1)
+    g1 = ev.load_checked(args.g1, "--g1", "deblur")
     items = []
     for sc in ev.synthetic_scenes(args.synthetic, args.scene_size, args.cache_dir):
         for k in range(sc.stack.shape[0]):
@@ -132,4 +133,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training import data  # noqa: E402
+from _cli import positive_int, run_script  # noqa: E402
 from training import evaluate as ev  # noqa: E402
 
 SCENE_NOISE = 0.005  # sensor noise of every degraded input, before the random extra
@@ -30,14 +31,14 @@ SLICE_STRIDE = 3
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--g1", nargs="+", default=["deblur"], help="G1s to score (registry names or files)")
-    p.add_argument("--synthetic", type=int, default=8, help="synthetic test scenes (default 8)")
+    p.add_argument("--synthetic", type=positive_int, default=8, help="synthetic test scenes (default 8)")
     p.add_argument("--scene-size", type=int, default=192)
     p.add_argument("--cache-dir", type=Path, default=ROOT / data.DEFAULT_CACHE_DIR)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {name: ev.load_model(name) for name in args.g1}
+    models = {name: ev.load_checked(name, "--g1", "deblur") for name in args.g1}
     augment = data.Augment(noise_prob=1.0)
     scores: dict[str, tuple[list, list]] = {}
     for n, sc in enumerate(ev.synthetic_scenes(args.synthetic, args.scene_size, args.cache_dir)):
@@ -56,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

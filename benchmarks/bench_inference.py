@@ -26,6 +26,7 @@ from functools import partial
 
 import numpy as np
 import torch
+from _cli import positive_int, size
 from bench_core import best_of  # benchmarks/ is on sys.path when run as a script
 
 from napari_refocusgan.core import inference
@@ -114,7 +115,7 @@ def bench_tiling(h: int, w: int, tile: int) -> None:
 
 
 BIG_CHILD = """
-import sys, time, resource, numpy as np
+import sys, time, numpy as np
 sys.path.insert(0, {here!r})
 from bench_inference import generators, test_image
 from napari_refocusgan.core.allocator import retain_freed_memory
@@ -132,7 +133,9 @@ else:  # the plugin's pipeline on a new image: G1's radiance, then G2, both tile
     out = refocus(image, 4.0, g2, deblur_model=g1, progress=lambda d, t: done.append((d, t)))
 elapsed = time.perf_counter() - t0
 assert out.shape == image.shape and out.dtype == np.uint8
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+# VmHWM, this process's own peak: ru_maxrss would report the parent's when that is larger (Linux keeps it
+# across fork + exec)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 print(f"RESULT {{elapsed:.1f}} {{done[-1][1]}} {{peak:.0f}}")
 """
 
@@ -156,28 +159,29 @@ def bench_big(h: int, w: int, retain: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", default="32x6", help="generator sizes NGFxBLOCKS, comma-separated (default 32x6)")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--configs", type=lambda t: [size(c) for c in t.split(",")], default="32x6",
+                        help="generator sizes NGFxBLOCKS, comma-separated (default 32x6)")
+    parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     big = parser.add_mutually_exclusive_group()
     big.add_argument("--skip-big", action="store_true", help="skip the 24 MP runs")
     big.add_argument("--only-big", action="store_true", help="only the 24 MP runs")
-    parser.add_argument("--big", default="4000x6000", help="size of the big run, HxW (default 4000x6000 = 24 MP)")
-    parser.add_argument("--tiling", default="1024x1536", help="size of the tiled-vs-untiled comparison, HxW")
-    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--big", type=size, default="4000x6000",
+                        help="size of the big run, HxW (default 4000x6000 = 24 MP)")
+    parser.add_argument("--tiling", type=size, default="1024x1536", help="size of the tiled-vs-untiled comparison, HxW")
+    parser.add_argument("--tile", type=positive_int, default=512, help="tile size of that comparison (px)")
     parser.add_argument("--retain-freed-memory", action="store_true",
                         help="set malloc as the refocusgan command does (core/allocator.py); the 24 MP runs too")
     args = parser.parse_args()
     retained = args.retain_freed_memory and retain_freed_memory()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, malloc "
           f"{'keeps freed memory (as the refocusgan command sets it)' if retained else 'as the plugin leaves it'}")
-    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     if not args.only_big:
-        bench_small(configs, args.repeat, args.precision)
+        bench_small(args.configs, args.repeat, args.precision)
         bench_precision(args.repeat)
-        bench_tiling(*(int(v) for v in args.tiling.split("x")), args.tile)
+        bench_tiling(*args.tiling, args.tile)
     if not args.skip_big:
-        bench_big(*(int(v) for v in args.big.split("x")), retained)
+        bench_big(*args.big, retained)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 from bench_inference import generators, test_image  # benchmarks/ is on sys.path when run as a script
+from _cli import positive_int
 
 from napari_refocusgan.core import inference
 from napari_refocusgan.core.inference import deblur, refocus
@@ -23,8 +24,8 @@ from napari_refocusgan.core.inference import deblur, refocus
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=9)
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -27,21 +27,25 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _cli import count, positive_int, run_script  # noqa: E402
 from training import evaluate as ev  # noqa: E402
 
 FOUR = "{-9,-5,+5,+9}"
 
 
-def _check(label: str, ours: float, other: float, other_name: str, unit: str = "dB") -> bool:
+def _check(label: str, ours: float, other: float, other_name: str, unit: str = " dB") -> bool:
+    """PSNR to 3 decimals (dB); SSIM (``unit`` "") to 4, so that a miss never prints as a tie."""
     ok = ours > other
     margin = ours - other
-    print(f"  {'PASS' if ok else 'MISS'}  {label}: {ours:.3f} vs {other_name} {other:.3f} ({margin:+.3f} {unit})")
+    digits = 3 if unit else 4
+    print(f"  {'PASS' if ok else 'MISS'}  {label}: {ours:.{digits}f} vs {other_name} {other:.{digits}f} "
+          f"({margin:+.{digits}f}{unit})")  # fmt: skip
     return ok
 
 
 def run(args) -> int:
-    g1 = ev.load_model(args.g1)
-    g2 = ev.load_model(args.g2)
+    g1 = ev.load_checked(args.g1, "--g1", "deblur")
+    g2 = ev.load_checked(args.g2, "--g2", "refocus", radiance=True)
     datasets = []
     if args.synthetic:
         datasets.append((f"synthetic test ({args.synthetic} scenes, {args.scene_size}²)",
@@ -100,11 +104,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--g1", default="deblur", help="G1: registry name/role, weights file or checkpoint")
     p.add_argument("--g2", default="refocus", help="G2: registry name/role, weights file or checkpoint")
-    p.add_argument("--synthetic", type=int, default=8, help="synthetic test scenes (default 8)")
+    p.add_argument("--synthetic", type=count, default=8, help="synthetic test scenes (default 8)")
     p.add_argument("--scene-size", type=int, default=192)
     p.add_argument("--cache-dir", type=Path, default=ROOT / "runs" / "cache")
     p.add_argument("--hci", type=Path, default=ev.DEFAULT_HCI)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with torch.no_grad():
@@ -112,4 +116,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

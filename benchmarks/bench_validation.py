@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training import data  # noqa: E402
+from _cli import positive_int, run_script  # noqa: E402
 from training import evaluate as ev  # noqa: E402
 
 
@@ -60,16 +61,16 @@ def main() -> None:
     p.add_argument("--g2", nargs="+", default=["refocus"], help="G2s to score (default: the shipped one)")
     p.add_argument("--g1", default=str(ROOT / "src/napari_refocusgan/weights/deblur-cpu.safetensors"),
                    help="G1 weights file for the G1-radiance items (default: the shipped G1)")  # fmt: skip
-    p.add_argument("--scenes", type=int, default=8, help="validation scenes (default 8)")
+    p.add_argument("--scenes", type=positive_int, default=8, help="validation scenes (default 8)")
     p.add_argument("--deltas", default="4", choices=list(data.DELTA_SETS), help="δ set (default 4: {−9, −5, +5, +9})")
     p.add_argument("--scene-size", type=int, default=192)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--cache-dir", type=Path, default=ROOT / "runs/cache")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     run(args)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

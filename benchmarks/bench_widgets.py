@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_core import best_of  # benchmarks/ is on sys.path when run as a script
+from _cli import positive_int
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=512, help="side of the square test image")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=positive_int, default=3)
     args = parser.parse_args()
 
     import napari
