@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _cli import run_script  # benchmarks/ is on sys.path when run as a script
 
 VIEW_H, VIEW_W, GRID = 376, 541, 14
 
@@ -133,6 +134,11 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8")
     parser.add_argument("--keep", type=Path, help="write the synthetic ESLF here and keep it")
     args = parser.parse_args()
+    if args.keep is not None:  # before the render, which takes a while
+        from napari_refocusgan.core.imaging import check_output_path
+
+        check_output_path(args.keep, dtype=np.dtype(args.dtype), shape=(1, 1, 3))
+        args.keep.parent.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.keep or Path(tmp) / f"synthetic_{args.dtype}_eslf.png"
@@ -159,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

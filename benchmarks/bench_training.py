@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _cli import positive_int, run_script  # noqa: E402
 from training.configs import get_config  # noqa: E402
 from training.train import Trainer  # noqa: E402
 
@@ -55,12 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--task", default="deblur", choices=["deblur", "refocus"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (cpu config)")
-    parser.add_argument("--paper-steps", type=int, default=1, help="timed steps per variant (paper config)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed steps per variant (cpu config)")
+    parser.add_argument("--paper-steps", type=positive_int, default=1, help="timed steps per variant (paper config)")
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--perceptual", default="l1", choices=["l1", "vgg19"], help="content loss (default l1)")
     args = parser.parse_args(argv)
-    vgg_weights = _random_vgg19_file() if args.perceptual == "vgg19" else None
+    with tempfile.TemporaryDirectory() as temp:  # the random VGG19 file goes with it
+        vgg_weights = _random_vgg19_file(Path(temp)) if args.perceptual == "vgg19" else None
+        return _run(args, vgg_weights)
+
+
+def _run(args, vgg_weights: str | None) -> int:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, task {args.task}, content loss {args.perceptual}")
     print(f"{'config':7s} {'crop':>5s} {'batch':>5s} {'variant':18s} {'s/step':>8s} {'samples/s':>10s} {'vs eager':>8s}")
@@ -87,26 +94,24 @@ def main(argv: list[str] | None = None) -> int:
                     trainers[v].train_step(batches[v])
                     best[v] = min(best[v], time.perf_counter() - t0)
             for v in args.variants:
-                ratio = best["eager"] / best[v] if "eager" in best else float("nan")
-                print(f"{name:7s} {crop:5d} {base.batch_size:5d} {v:18s} {best[v]:8.2f} {base.batch_size / best[v]:10.2f} {ratio:7.2f}x")
+                ratio = f"{best['eager'] / best[v]:7.2f}x" if "eager" in best else "       –"  # no eager run to compare
+                print(f"{name:7s} {crop:5d} {base.batch_size:5d} {v:18s} {best[v]:8.2f} {base.batch_size / best[v]:10.2f} {ratio}")
             sys.stdout.flush()
     return 0
 
 
-def _random_vgg19_file() -> str:
-    """VGG19 conv1_1…conv3_3 with random weights in a temporary safetensors file (timing only)."""
-    import tempfile
-
+def _random_vgg19_file(folder: Path) -> str:
+    """VGG19 conv1_1…conv3_3 with random weights in a safetensors file in ``folder`` (timing only)."""
     from safetensors.torch import save_file
 
     from training.losses import VGG19Conv33
 
     torch.manual_seed(0)
     state = {f"features.{k}": v.contiguous() for k, v in VGG19Conv33().features.state_dict().items()}
-    path = Path(tempfile.mkdtemp()) / "vgg19_random.safetensors"
+    path = folder / "vgg19_random.safetensors"
     save_file(state, str(path))
     return str(path)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

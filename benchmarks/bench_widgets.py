@@ -48,6 +48,7 @@ def main() -> None:
     print(f"sample data (render 7×7 views of 240×320 + focal stack): {cold:.2f} s cold, {warm * 1e3:.1f} ms cached")
 
     viewer = napari.Viewer(show=False)
+    temp = tempfile.TemporaryDirectory()  # the random weights, removed at the end even when a run fails
     try:
         stack = viewer.add_image(_sample_data.make_sample_scene()[2][0], name="stack", rgb=True)
         sml_widget = SMLWidget(viewer)
@@ -57,7 +58,7 @@ def main() -> None:
         print(f"SML of the 10×240×320 sample stack: core {core_sml:.3f} s, widget {widget_sml:.3f} s")
 
         torch.manual_seed(0)
-        folder = Path(tempfile.mkdtemp())
+        folder = Path(temp.name)
         g1_path, g2_path = folder / "g1.safetensors", folder / "g2.safetensors"
         save_generator(Generator(deblur_config()), g1_path, "deblur")
         save_generator(Generator(refocus_config()), g2_path, "refocus")
@@ -82,6 +83,7 @@ def main() -> None:
               f"δ change (cached radiance, G2 only) {turn:.3f} s, overhead over core G2 {turn - core_g2:+.3f} s")
     finally:
         viewer.close()
+        temp.cleanup()
 
 
 if __name__ == "__main__":
