@@ -235,8 +235,7 @@ class FocusStackingWidget(Container):
             layer = chosen_layer(self._stack, "a focal-stack layer")
             read = layer_data_later(layer)  # lazy data is read later, in the task
             rgb = bool(layer.rgb)
-            # the shape alone, before anything is read: a big lazy (T, Z, Y, X) layer is refused at once
-            stack_layout(np.broadcast_to(np.zeros((), np.float32), layer.data.shape), rgb)
+            stack_layout(layer.data.shape, rgb)  # before anything is read: a big lazy (T, Z, Y, X) layer at once
         except Exception as exc:
             self.runner.fail(exc, description="Focus stacking")
             return

@@ -160,7 +160,7 @@ def cmd_all_in_focus(args: argparse.Namespace) -> int:
     measures = [m.strip() for m in args.measures.split(",") if m.strip()]
     if not measures:
         raise RefocusError("--measures is empty; name at least one focus measure.")
-    fs.stack_layout(stack, False if args.gray else None)  # before the output checks, which assume a stack
+    fs.stack_layout(stack.shape, False if args.gray else None)  # before the output checks, which assume a stack
     dtype = stack.dtype if stack.dtype in (np.uint8, np.uint16) else np.float32
     out_path = check_output_path(args.out, dtype=dtype, shape=stack.shape[1:], inputs=(args.stack,))
     if args.depth:

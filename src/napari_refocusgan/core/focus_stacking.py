@@ -13,6 +13,7 @@ different slices stay invisible.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,34 +31,34 @@ DEFAULT_BLEND_SIGMA = 1.5
 MAX_BLEND_SIGMA = 256.0  # wider smooths nothing more, but its Gaussian costs minutes and gigabytes
 
 
-def stack_layout(stack: np.ndarray, rgb: bool | None) -> bool:
-    """Whether ``stack`` is (S, H, W, C) colour rather than (S, H, W) gray, with clear errors otherwise
-    (shape only: callers check it before reading or writing anything else)."""
-    arr = np.asarray(stack)
-    if arr.size == 0:
-        raise RefocusError(f"the focal stack is empty (shape {arr.shape}).")
+def stack_layout(shape: tuple[int, ...], rgb: bool | None) -> bool:
+    """Whether a stack of ``shape`` is (S, H, W, C) colour rather than (S, H, W) gray, with clear errors
+    otherwise. The shape alone: callers check it before reading (a lazy layer) or writing anything."""
+    shape = tuple(shape)
+    if math.prod(shape) == 0:
+        raise RefocusError(f"the focal stack is empty (shape {shape}).")
     if rgb is None:
-        if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
+        if len(shape) == 4 and shape[-1] in (1, 3, 4):
             rgb = True
-        elif arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4):  # 2: gray + alpha
+        elif len(shape) == 3 and shape[-1] in (1, 2, 3, 4):  # 2: gray + alpha
             raise RefocusError(
-                f"shape {arr.shape} looks like a single image, not a focal stack; a stack is "
+                f"shape {shape} looks like a single image, not a focal stack; a stack is "
                 "(slices, H, W) gray or (slices, H, W, 3) colour (for a gray stack 1 to 4 pixels wide, "
                 "pass rgb=False, or --gray on the command line)."
             )
-        elif arr.ndim == 3:
+        elif len(shape) == 3:
             rgb = False
         else:
             raise RefocusError(
-                f"a focal stack must be (slices, H, W) gray or (slices, H, W, 3) colour; got shape {arr.shape}."
+                f"a focal stack must be (slices, H, W) gray or (slices, H, W, 3) colour; got shape {shape}."
             )
-    if arr.ndim != (4 if rgb else 3):
+    if len(shape) != (4 if rgb else 3):
         raise RefocusError(
-            f"expected a {'colour (S, H, W, C)' if rgb else 'gray (S, H, W)'} stack; got shape {arr.shape}."
+            f"expected a {'colour (S, H, W, C)' if rgb else 'gray (S, H, W)'} stack; got shape {shape}."
         )
-    if arr.shape[0] < 2:
+    if shape[0] < 2:
         raise RefocusError(
-            f"focus stacking needs at least 2 slices; got {arr.shape[0]}. A single image is already its own "
+            f"focus stacking needs at least 2 slices; got {shape[0]}. A single image is already its own "
             "all-in-focus composite — use the single-image (classical) tools instead."
         )
     return rgb
@@ -119,7 +120,7 @@ def all_in_focus(
     Returns (all-in-focus float32 (H, W[, C]), depth index float32 (H, W): 0-based sharpest slice, fractional
     by parabolic refinement). ``progress`` counts measure evaluations plus one blending step.
     """
-    rgb = stack_layout(stack, rgb)
+    rgb = stack_layout(np.shape(stack), rgb)
     if isinstance(measures, str):
         measures = [measures]  # one name, not a sequence of letters
     if not (isinstance(blend_sigma, (int, float, np.number)) and 0 <= blend_sigma <= MAX_BLEND_SIGMA):

@@ -185,10 +185,10 @@ def read_image(path: str | Path) -> np.ndarray:
         if path.stat().st_size == 0:
             raise RefocusError(f"{path} is empty (0 bytes); expected an image file.")
         with open(path, "rb") as f:
-            head = f.read(4)
-        if head in TIFF_MAGIC:
+            head = f.read(26)  # enough for the TIFF magic and a PNG's IHDR
+        if head[:4] in TIFF_MAGIC:
             data = _read_tiff(path)
-        elif _is_16bit_colour_png(path):  # Pillow silently reads these as 8-bit; FFmpeg keeps 16 bits
+        elif _is_16bit_colour_png(head):  # Pillow silently reads these as 8-bit; FFmpeg keeps 16 bits
             data = _read_16bit_colour_png(path)
         else:
             data = _read_with_pillow_or_imageio(path)
@@ -198,9 +198,6 @@ def read_image(path: str | Path) -> np.ndarray:
         raise RefocusError(f"Cannot read {path} as an image ({type(exc).__name__}: {exc}).") from exc
     data = native_byte_order(np.asarray(data))
     return data.astype(np.uint8) * np.uint8(255) if data.dtype == bool else data
-
-
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 
 def _read_with_pillow_or_imageio(path: Path) -> np.ndarray:
@@ -241,9 +238,8 @@ def _colour_last(data: np.ndarray, axes: str) -> np.ndarray:
     return data
 
 
-def _is_16bit_colour_png(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(26)  # signature, IHDR length and type, width, height, bit depth, colour type
+def _is_16bit_colour_png(head: bytes) -> bool:
+    """From a file's first 26 bytes: signature, IHDR length and type, width, height, bit depth, colour type."""
     return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
 
 
@@ -278,6 +274,7 @@ def _write_16bit_colour_png(path: Path, image: np.ndarray) -> None:
 
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 OUTPUT_SUFFIXES = (".png", *TIFF_SUFFIXES, ".jpg", ".jpeg")
 
 

@@ -399,6 +399,7 @@ def load_generator(
     if not (isinstance(config.n_blocks, int) and 0 <= config.n_blocks <= MAX_BLOCKS):
         raise RefocusError(f"{path}: its config asks for {config.n_blocks!r} residual blocks; a whole number up "
                            f"to {MAX_BLOCKS} is needed (the paper has 9).")  # fmt: skip
+
     def build() -> Generator:
         try:
             return Generator(config)
