@@ -14,27 +14,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training`, for 
 from napari_refocusgan.core.errors import RefocusError  # noqa: E402
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names it in "invalid … value"
+    return parse
 
 
-def count(text: str) -> int:
-    """A number of scenes: 0 (none) or more."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+positive_int = _at_least(1, "positive_int")
+count = _at_least(0, "count")  # a number of scenes: 0 (none) or more
 
 
 def size(text: str) -> tuple[int, int]:
-    """HxW, e.g. 4000x6000."""
+    """Two positive whole numbers joined by x: HxW (4000x6000), or a generator's NGFxBLOCKS (32x6)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 4000x6000, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected two numbers joined by x (e.g. 4000x6000), got {text!r}") from None
     if h < 1 or w < 1:
         raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
     return h, w
