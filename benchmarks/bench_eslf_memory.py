@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8")
     parser.add_argument("--keep", type=Path, help="write the synthetic ESLF here and keep it")
     args = parser.parse_args()
+    if args.keep is not None and args.keep.suffix.lower() != ".png":
+        parser.error(f"--keep writes the ESLF as a PNG (what the benchmark decodes); name it .png, got {args.keep}")
     if args.keep is not None:  # before the render, which takes a while
         from napari_refocusgan.core.imaging import check_output_path
 

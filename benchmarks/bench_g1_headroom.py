@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("gains per SML-channel bin", score(items, [with_gains(it, by_sml[it["sml_bin"]]) for it in items])))
 
     print(f"synthetic test ({args.synthetic} scenes, {args.scene_size}²), {len(items)} slices; G1's form, σ = "
-          f"{', '.join(f'{s:g}' for s in DEBLUR_DETAIL_SIGMAS)} px, gains within ±{MAX_GAIN:g}")  # fmt: skip
+          f"{', '.join(f'{s:g}' for s in DEBLUR_DETAIL_SIGMAS)} px, gains within ±{MAX_GAIN:g}; PSNR in dB")  # fmt: skip
     for name, (psnr, ssim, pin) in rows:
         print(f"  {name:64s} PSNR {psnr:6.2f}  SSIM {ssim:.4f}  in-focus {pin:6.2f}")
     print("  gains per true-defocus bin (slices: σ = 1 px, 2 px):")

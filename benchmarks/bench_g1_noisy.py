@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 psnrs.append(ev.psnr(sc.centre, y))
                 ssims.append(ev.ssim(sc.centre, y))
     identity = np.mean(scores["identity (degraded input)"][0])
-    print(f"synthetic test ({args.synthetic} scenes, every {SLICE_STRIDE}rd slice), noisy + JPEG inputs")
+    print(f"synthetic test ({args.synthetic} scenes, every {SLICE_STRIDE}rd slice), noisy + JPEG inputs; PSNR in dB (gain over the identity)")
     for name, (psnrs, ssims) in scores.items():
         print(f"  {name:40s} PSNR {np.mean(psnrs):6.2f} ({np.mean(psnrs) - identity:+.2f})  SSIM {np.mean(ssims):.4f}")
     return 0

@@ -60,7 +60,7 @@ def warm_best_of(fn, repeat: int) -> float:
 
 def bench_small(configs: list[tuple[int, int]], repeat: int, precision: str) -> None:
     image = test_image(376, 541)
-    print(f"\n376×541 RGB uint8, {torch.get_num_threads()} torch threads, precision {precision}, best of {repeat}")
+    print(f"\n376×541 RGB uint8, {torch.get_num_threads()} torch threads, precision {precision}, best of {repeat}, seconds")
     print(f"{'generator':>16} {'deblur':>7} {'refocus':>8} {'total':>7} {'δ change':>9}   "
           "targets: total ≤ 1 s; δ change ≤ 0.5 s")  # fmt: skip
     print("  (refocus and total: a new image, nothing cached; δ change: the same image and radiance, new δ)")
