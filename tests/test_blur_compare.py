@@ -267,3 +267,32 @@ def test_cli_blur_compare_bad_options_are_messages(tmp_path, capsys, extra, mess
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_colour_image_with_a_gray_radiance_gives_torch_no_read_only_array():
+    """The colour side reached torch as a read-only broadcast view: a UserWarning on every such run."""
+    import warnings
+
+    sharp = np.random.default_rng(8).random((24, 28, 3)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = blur_and_compare(sharp, sharp.mean(axis=-1))
+    assert result.refocused.shape == (24, 28, 3)
+
+
+def test_blur_and_compare_image_gives_the_result_back_as_the_input_came():
+    """8 bits stay 8 bits and RGBA keeps its alpha (the CLI and the widget both use this)."""
+    from napari_refocusgan.core.blur_compare import blur_and_compare_image
+    from napari_refocusgan.core.imaging import from_float
+
+    rng = np.random.default_rng(9)
+    sharp = ndimage.gaussian_filter(rng.random((32, 32, 3)), (1, 1, 0)).astype(np.float32)
+    alpha = rng.integers(0, 256, (32, 32, 1), dtype=np.uint8)
+    rgba = np.concatenate([from_float(sharp, np.uint8), alpha], axis=-1)
+    result = blur_and_compare_image(rgba, sharp)
+    assert result.refocused.dtype == np.uint8 and result.refocused.shape == (32, 32, 4)
+    np.testing.assert_array_equal(result.refocused[..., 3:], alpha)
+    expected = blur_and_compare(rgba[..., :3], sharp).refocused
+    np.testing.assert_array_equal(result.refocused[..., :3], from_float(expected, np.uint8))
+    with pytest.raises(RefocusError, match="layer 'r' has shape"):
+        blur_and_compare_image(sharp, np.zeros((32, 32, 2), np.float32), names=("i", "layer 'r'"))

@@ -56,6 +56,33 @@ def test_focal_stack_command_uses_a_grid_smaller_than_7x7_whole(tmp_path, capsys
     assert slopes[int(np.argmax(focus))] == pytest.approx(slopes[np.argmin(np.abs(slopes + 0.5))])
 
 
+def test_focal_stack_refuses_an_output_inside_its_light_field_folder(tmp_path, capsys):
+    """`-o views/plane_04_04.tif` replaced a view of the input (or added a second one), destroying it."""
+    folder = write_plane_folder(tmp_path / "views", 0.2, n=3, size=16)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for name in ("plane_02_02.tif", "stack.tif"):
+        assert main(["focal-stack", str(folder), "-o", str(folder / name)]) == 2
+        assert "inside the light-field folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_read_only_output_file_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    """It failed after the work, naming a hidden partial file (the copied mode made that read-only too)."""
+    import os
+
+    from napari_refocusgan.core import imaging
+
+    folder = write_plane_folder(tmp_path / "views", 0.2, n=3, size=16)
+    locked = tmp_path / "locked.tif"
+    locked.write_bytes(b"keep me")
+    real_access = os.access
+    # tests may run as root, for whom every file is writable: pretend this one is not
+    monkeypatch.setattr(imaging.os, "access", lambda p, mode: False if str(p) == str(locked) else real_access(p, mode))
+    assert main(["focal-stack", str(folder), "-o", str(locked)]) == 2
+    assert "locked.tif is read-only" in capsys.readouterr().err
+    assert locked.read_bytes() == b"keep me"
+
+
 def test_out_of_memory_is_a_message_and_other_runtime_errors_are_not_hidden(tmp_path, capsys, monkeypatch):
     from napari_refocusgan.cli import stack_cmds
 
@@ -102,6 +129,8 @@ def test_focal_stack_command_paper_window_and_auto(tmp_path, capsys):
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--s-max", "1000"], "shifts the outer views by 655.172 px"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--s-max", "1e300"], "more than the 16×16 image"),
         (["focal-stack", "{tmp}/missing", "-o", "{tmp}/o.tif", "--slices", "1"], "slices must be ≥ 2"),  # first
+        (["demo", "--out", "{tmp}/afile"], "is a file"),  # was a raw "[Errno 17] File exists"
+        (["demo", "--out", ""], "--out is empty"),  # wrote into the current folder
     ],
 )
 def test_focal_stack_bad_input_exits_nonzero_with_message(tmp_path, capsys, argv, message):

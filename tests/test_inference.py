@@ -320,12 +320,20 @@ def test_bf16_on_cpu_stays_close_and_warns_where_it_is_emulated(g1):
 # --------------------------------------------------------------------------------------------- bad input
 
 
+def test_a_bool_mask_runs_as_8_bit_0_and_255(g1):
+    """As a 1-bit file reads; it was refused here while the classical tools took it."""
+    mask = np.zeros((16, 20), bool)
+    mask[4:12, 5:15] = True
+    out = deblur(mask, g1)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, deblur(mask.astype(np.uint8) * 255, g1))
+
+
 @pytest.mark.parametrize(
     "image, message",
     [
         (np.zeros((16, 16, 3), np.int32), "dtype int32"),
         (np.zeros((16, 16), np.complex64), "dtype complex64"),
-        (np.zeros((16, 16), bool), "dtype bool"),
         (np.zeros((1, 1, 3), np.uint8), "1×1 pixels; the networks need at least 8×8"),
         (np.zeros((1, 1), np.float32), "1×1 pixels"),
         (np.zeros((7, 30, 3), np.float32), "7×30 pixels"),

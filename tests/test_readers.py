@@ -267,6 +267,18 @@ def test_plain_photo_file_not_detected_and_read_says_why(tmp_path):
         read_lightfield(plain)
 
 
+def test_shorter_repeats_are_not_taken_for_14_px_lenslets(scene8):
+    """An ESLF resized by half (7-px lenslets) and a 1-px checkerboard also repeat every 14 px: they were read
+    as 14×14-view light fields of scrambled views."""
+    full = eslf_from_views(scene8.views)
+    assert looks_like_eslf(full)
+    h, w = full.shape[0] // 2 * 2, full.shape[1] // 2 * 2
+    half = full[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+    checker = np.indices((600, 800)).sum(axis=0) % 2 * np.float32(0.5) + np.float32(0.25)
+    for image in (half, checker):
+        assert not looks_like_eslf(image) and not looks_like_eslf(image, name_hint=True)
+
+
 def test_name_hint_tips_weak_evidence_only(tmp_path):
     # Nearly no parallax and mild vignetting (outer views at 80 %): too weak alone, enough with "_eslf".
     flat = np.broadcast_to(render_scene(2, size=(20, 24), grid=1, n_layers=1).views, (8, 8, 20, 24, 3))
@@ -364,6 +376,13 @@ def test_hci_folder_order_disparity_sign_and_parameters(tmp_path, hci_scene):
 def test_hci_folder_bad_inputs(tmp_path, hci_scene):
     folder = write_hci(tmp_path / "a", hci_scene, cfg=HCI_CFG.format(n=8), pfm=False)
     with pytest.raises(RefocusError, match="declares a 8×8 camera grid"):
+        read_lightfield(folder)
+    # a grid of 0 was ignored (9×9 taken instead, without a word); a garbled file gave configparser's dump
+    (folder / "parameters.cfg").write_text(HCI_CFG.format(n=0))
+    with pytest.raises(RefocusError, match=r"invalid camera grid \(num_cams_y = 0, num_cams_x = 0\)"):
+        read_lightfield(folder)
+    (folder / "parameters.cfg").write_bytes(b"\x00\xff garbage\nno = section\n")
+    with pytest.raises(RefocusError, match=r"Cannot parse .*\(INI\) file: File contains no section headers\.$"):
         read_lightfield(folder)
 
     folder = write_hci(tmp_path / "b", hci_scene, pfm=False)
@@ -626,13 +645,13 @@ def test_get_reader_declines_junk_and_never_raises(tmp_path):
         tmp_path / "nowhere.png",
         str(photo),
         [],
-        [grid, lfp],
         [grid, photo],
         42,
         None,
     ):
         assert napari_get_reader(junk) is None, junk
     assert napari_get_reader([str(grid), str(grid)]) is read_lightfield_layers
+    assert napari_get_reader([grid, lfp]) is read_lightfield_layers  # each file by its own format
     assert napari_get_reader(lfp) is read_lightfield_layers
 
 
@@ -644,6 +663,27 @@ def test_reader_claims_unreadable_lytro_files_to_say_what_is_wrong(tmp_path):
     assert reader is read_lightfield_layers
     with pytest.raises(RefocusError, match=r"magic .* is missing\); it may be truncated or corrupt"):
         reader(str(cut))
+
+
+def test_reader_claims_images_named_as_eslf_to_say_what_is_wrong(tmp_path):
+    """A `*_eslf.png` too small for 14×14 lenslets was declined: napari said only "refused the file"."""
+    small = tmp_path / "tiny_eslf.png"
+    iio.imwrite(small, np.zeros((140, 140, 3), np.uint8))
+    reader = napari_get_reader(str(small))
+    assert reader is read_lightfield_layers
+    with pytest.raises(RefocusError, match="140×140 pixels"):
+        reader(str(small))
+    plain = tmp_path / "tiny.png"  # the same image without the name is not ours
+    iio.imwrite(plain, np.zeros((140, 140, 3), np.uint8))
+    assert napari_get_reader(str(plain)) is None
+
+
+def test_reader_of_several_files_that_all_fail_names_each(tmp_path):
+    cut, fake = tmp_path / "cut.lfp", tmp_path / "fake.lfp"
+    cut.write_bytes(b"\x89LF")
+    fake.write_bytes(b"not a light field at all")
+    with pytest.raises(RefocusError, match=r"none of the 2 files opened: .*cut\.lfp.*fake\.lfp"):
+        read_lightfield_layers([cut, fake])
 
 
 def test_focal_stack_and_reference_view_open_at_the_same_contrast(tmp_path):

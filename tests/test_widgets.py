@@ -550,6 +550,16 @@ def set_network_options(widget, weights, *, device="cpu", tile=0):
     widget._tile.value = tile
 
 
+def refocus_widget(viewer, layer, tiny_weights):
+    """The Refocus widget on ``layer`` with the tiny G2, and the tiny G1 for a missing radiance."""
+    g1_path, g2_path = tiny_weights
+    widget = dock(viewer, "Refocus")
+    widget._image.value = layer
+    set_network_options(widget, g2_path)
+    widget._deblur_weights.value = g1_path
+    return widget
+
+
 def test_device_dropdown_lists_available_devices(viewer):
     from napari_refocusgan.core.inference import available_devices
 
@@ -717,10 +727,7 @@ def test_refocus_widget_caches_radiance_and_updates_one_layer_as_delta_turns(vie
     image = textured_image(6)
     layer = viewer.add_image(image, name="photo", rgb=True)
     before = snapshot(layer)
-    widget = dock(viewer, "Refocus")
-    widget._image.value = layer
-    set_network_options(widget, g2_path)
-    widget._deblur_weights.value = g1_path
+    widget = refocus_widget(viewer, layer, tiny_weights)
     widget._run_button.clicked()
 
     g1, g2 = load_generator(g1_path, "cpu"), load_generator(g2_path, "cpu")
@@ -752,12 +759,8 @@ def test_refocus_widget_caches_radiance_and_updates_one_layer_as_delta_turns(vie
 def test_refocus_output_is_followed_through_renames_and_recreated_when_deleted(viewer, tiny_weights, notes):
     """The widget keeps writing into the layer it made for this input, whatever the user renames (the
     output or the input); a new input gets its own layer, and a deleted output is made again."""
-    g1_path, g2_path = tiny_weights
     layer = viewer.add_image(textured_image(6), name="photo", rgb=True)
-    widget = dock(viewer, "Refocus")
-    widget._image.value = layer
-    set_network_options(widget, g2_path)
-    widget._deblur_weights.value = g1_path
+    widget = refocus_widget(viewer, layer, tiny_weights)
     widget._run_button.clicked()
     out = viewer.layers["photo refocused"]
 
@@ -786,6 +789,48 @@ def test_refocus_output_is_followed_through_renames_and_recreated_when_deleted(v
     assert notes.errors() == []
 
 
+def test_turning_delta_after_the_chosen_image_was_deleted_refocuses_nothing_else(viewer, tiny_weights, notes):
+    """The dropdown falls back to another layer; a δ turn (or a rerun queued during a run) refocused that
+    layer, which the user never chose. Pressing Refocus with it on screen chooses it."""
+    other = viewer.add_image(textured_image(8), name="other", rgb=True)
+    mine = viewer.add_image(textured_image(9), name="mine", rgb=True)
+    widget = refocus_widget(viewer, mine, tiny_weights)
+    widget._run_button.clicked()
+    viewer.layers.remove(mine)
+    assert widget._image.value is other
+    widget._delta.value = 3.0
+    assert [lay.name for lay in viewer.layers] == ["other", "mine refocused"]
+    assert any("was deleted" in m for m in notes.messages()), notes.messages()
+    widget._run_button.clicked()  # the user's choice now
+    assert viewer.layers["other refocused"].metadata["delta"] == 3.0
+    widget._delta.value = -2.0
+    assert viewer.layers["other refocused"].metadata["delta"] == -2.0
+    widget._image.value = viewer.layers["mine refocused"]  # picked in the dropdown: turning δ runs on it
+    widget._delta.value = 1.0
+    assert viewer.layers["mine refocused refocused"].metadata["delta"] == 1.0
+    assert notes.errors() == []
+
+
+def test_refocus_of_the_slice_shown_leaves_the_whole_stack_result(viewer, tiny_weights, notes):
+    """Both modes wrote one layer: ticking "only the slice shown" replaced a whole-stack result (and the
+    user's name and opacity for it) with one slice."""
+    stack = viewer.add_image(np.stack([textured_image(s) for s in (31, 32)]), name="stk", rgb=True)
+    widget = refocus_widget(viewer, stack, tiny_weights)
+    widget._run_button.clicked()
+    whole = viewer.layers["stk refocused"]
+    whole.name, whole.opacity = "my refocus", 0.3
+    kept = np.array(whole.data)
+    widget._slice_only.value = True
+    widget._delta.value = 2.0
+    assert viewer.layers["stk refocused slice"].data.shape == stack.data.shape[1:]
+    assert whole in viewer.layers and whole.name == "my refocus" and whole.opacity == 0.3
+    np.testing.assert_array_equal(whole.data, kept)
+    widget._slice_only.value = False
+    widget._delta.value = 1.0
+    assert whole.metadata["delta"] == 1.0 and whole.data.shape == stack.data.shape
+    assert len(viewer.layers) == 3 and notes.errors() == []
+
+
 def test_refocus_of_only_the_slice_shown_turns_delta_on_one_image(viewer, tiny_weights, notes):
     from napari_refocusgan.core.inference import deblur, refocus
     from napari_refocusgan.core.weights import load_generator
@@ -793,14 +838,11 @@ def test_refocus_of_only_the_slice_shown_turns_delta_on_one_image(viewer, tiny_w
     g1_path, g2_path = tiny_weights
     stack = np.stack([textured_image(s) for s in (21, 22, 23)])
     layer = viewer.add_image(stack, name="stack", rgb=True)
-    widget = dock(viewer, "Refocus")
-    widget._image.value = layer
-    set_network_options(widget, g2_path)
-    widget._deblur_weights.value = g1_path
+    widget = refocus_widget(viewer, layer, tiny_weights)
     widget._slice_only.value = True
     viewer.dims.current_step = (2, 0, 0)
     widget._delta.value = 3.0
-    out = viewer.layers["stack refocused"]
+    out = viewer.layers["stack refocused slice"]
     g1, g2 = load_generator(g1_path, "cpu"), load_generator(g2_path, "cpu")
     radiance = deblur(stack[2], g1, device="cpu")
     np.testing.assert_allclose(out.data, refocus(stack[2], 3.0, g2, radiance=radiance, device="cpu"), atol=1e-6)
@@ -959,9 +1001,9 @@ def test_results_are_shown_with_the_contrast_limits_of_their_input(viewer, notes
     assert notes.errors() == []
 
 
-def test_float_results_of_a_12_bit_input_are_shown_at_its_contrast_limits(viewer, notes):
-    """Focus stacking and blur-and-compare turn uint16 into [0, 1] floats; pinned to (0, 1), a 12-bit
-    input's results showed nearly black."""
+def test_results_of_a_12_bit_input_stay_uint16_at_its_contrast_limits(viewer, notes):
+    """Focus stacking and blur-and-compare turned uint16 into [0, 1] floats; pinned to (0, 1), a 12-bit
+    input's results showed nearly black. They now keep the input's dtype, and so its limits."""
     rng = np.random.default_rng(7)
     stack = viewer.add_image((rng.random((3, 24, 24)) * 4095).astype(np.uint16), name="counts", contrast_limits=(0, 4095))
     image = viewer.add_image((textured_image(13)[..., 0] * 4095).astype(np.uint16), name="image",
@@ -974,8 +1016,8 @@ def test_float_results_of_a_12_bit_input_are_shown_at_its_contrast_limits(viewer
     classical._radiance.value = image
     classical._run_button.clicked()
     for out, source in ((viewer.layers["counts all-in-focus"], stack), (viewer.layers["image blur-and-compare"], image)):
-        assert out.data.dtype.kind == "f"
-        np.testing.assert_allclose(out.contrast_limits, np.asarray(source.contrast_limits) / 65535)
+        assert out.data.dtype == np.uint16
+        np.testing.assert_allclose(out.contrast_limits, source.contrast_limits)
     assert notes.errors() == []
 
 
@@ -1021,6 +1063,56 @@ def test_classical_widget_refuses_a_stack_not_shown_as_its_last_two_axes(viewer,
         widget._run_button.clicked()
         assert "2-D view of its last two axes" in notes.errors()[-1]
     assert [lay.name for lay in viewer.layers] == ["z"]
+
+
+def test_classical_widget_refuses_a_stack_with_no_slice_where_the_viewer_is(viewer, notes):
+    """napari draws nothing of a stack outside its slices; the tools took its nearest slice instead."""
+    viewer.add_image(np.zeros((8, 16, 16), np.float32), name="long")
+    short = viewer.add_image(np.random.default_rng(4).random((3, 16, 16)).astype(np.float32), name="short",
+                             translate=(4, 0, 0))  # fmt: skip
+    widget = dock(viewer, "Classical")
+    widget._image.value = short
+    widget._method.value = "sharpen"
+    viewer.dims.current_step = (1, 0, 0)
+    widget._run_button.clicked()
+    assert "no slice at the viewer's position" in notes.errors()[-1], notes.errors()
+    assert "short sharpen" not in viewer.layers
+    viewer.dims.current_step = (5, 0, 0)
+    widget._run_button.clicked()
+    assert viewer.layers["short sharpen"].metadata["slice"] == [1]
+
+
+def test_blur_and_compare_and_focus_stacking_keep_8_and_16_bits_and_alpha(viewer, notes):
+    """As the command line writes them (and as the other tools show them)."""
+    from napari_refocusgan.core.blur_compare import blur_and_compare
+    from napari_refocusgan.core.focus_stacking import all_in_focus
+    from napari_refocusgan.core.imaging import from_float
+
+    sharp = textured_image(15, (32, 32, 3))
+    alpha = np.random.default_rng(15).integers(0, 256, (32, 32, 1), dtype=np.uint8)
+    rgba = viewer.add_image(np.concatenate([from_float(sharp, np.uint8), alpha], axis=-1), name="rgba", rgb=True)
+    radiance = viewer.add_image(sharp, name="radiance", rgb=True)
+    widget = dock(viewer, "Classical")
+    widget._image.value = rgba
+    widget._method.value = "blur-and-compare"
+    widget._radiance.value = radiance
+    widget._run_button.clicked()
+    out = viewer.layers["rgba blur-and-compare"]
+    assert out.data.dtype == np.uint8 and out.data.shape == (32, 32, 4) and out.rgb
+    np.testing.assert_array_equal(out.data[..., 3:], alpha)
+    expected = from_float(blur_and_compare(rgba.data[..., :3], sharp).refocused, np.uint8)
+    np.testing.assert_array_equal(out.data[..., :3], expected)
+    assert out.contrast_limits == rgba.contrast_limits
+
+    stack16 = from_float(np.stack([textured_image(s, (24, 32)) for s in (16, 17, 18)]), np.uint16)
+    layer = viewer.add_image(stack16, name="deep")
+    stacking = dock(viewer, "Focus stacking")
+    stacking._stack.value = layer
+    stacking._run_button.clicked()
+    aif = viewer.layers["deep all-in-focus"].data
+    assert aif.dtype == np.uint16
+    np.testing.assert_array_equal(aif, from_float(all_in_focus(stack16)[0], np.uint16))
+    assert notes.errors() == []
 
 
 def test_a_name_taken_by_another_inputs_output_gets_a_new_layer(viewer, notes):
@@ -1321,6 +1413,25 @@ def test_reader_opens_a_synthetic_view_folder(viewer, tmp_path):
     assert stack.rgb and stack.data.shape == (10, 24, 32, 3)
     np.testing.assert_allclose(stack.data, expected, atol=1e-5)
     np.testing.assert_allclose(stack.metadata["slopes"], slopes)
+
+
+def test_reader_opens_the_readable_files_of_several_and_warns_about_the_others(viewer, tmp_path, notes):
+    """Given several paths at once (npe2.read, napari's open as a stack), one corrupt file lost the good ones
+    too. (viewer.open without stack=True asks the reader one path at a time.)"""
+    import imageio.v3 as iio
+
+    from napari_refocusgan._reader import read_lightfield_layers
+
+    folder = tmp_path / "grid"
+    folder.mkdir()
+    for r in range(3):
+        for c in range(3):
+            iio.imwrite(folder / f"grid_{r + 1:02d}_{c + 1:02d}.png", np.full((12, 16, 3), 40 * (r + c), np.uint8))
+    cut = tmp_path / "cut.lfp"
+    cut.write_bytes(b"\x89LF")
+    layers = read_lightfield_layers([str(folder), str(cut)])
+    assert [kwargs["name"] for _, kwargs, _ in layers] == ["grid focal stack", "grid centre view"]
+    assert any("1 of 2 files not opened" in m and "cut.lfp" in m for m in notes.messages()), notes.messages()
 
 
 @pytest.mark.shared

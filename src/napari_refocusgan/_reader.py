@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from .core.focalstack import StackConfig, centre_view, focal_stack
-from .core.lightfield import FORMAT_LYTRO, LightField, detect_format, read_lightfield
+from .core.errors import RefocusError
+from .core.formats.eslf import ESLF_SUFFIXES, has_eslf_name
+from .core.lightfield import FORMAT_ESLF, FORMAT_LYTRO, LightField, detect_format, read_lightfield
 
 LayerDataTuple = tuple  # (data, metadata dict, layer type)
 PathOrPaths = str | Path | Sequence[str | Path]
@@ -26,30 +28,51 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDa
     """The reader for ``path`` (or a list of paths, all of one recognised format), else None. Never raises."""
     try:
         paths = _as_paths(path)
-        formats = {detect_format(p) or _claimed_by_suffix(p) for p in paths}
-        if not paths or len(formats) != 1 or None in formats:
+        if not paths or any((detect_format(p) or _claimed_by_name(p)) is None for p in paths):
             return None
         return read_lightfield_layers
     except Exception:  # napari asks every plugin about every path; a failure here must not surface
         return None
 
 
-def _claimed_by_suffix(path: Path) -> str | None:
-    """Lytro files are claimed by name even when their content is not recognised, so that reading them
-    explains what is wrong (truncated, not an LFP, a raw capture) instead of napari's "no reader"."""
-    return FORMAT_LYTRO if path.suffix.lower() in (".lfp", ".lfr") and path.is_file() else None
+def _claimed_by_name(path: Path) -> str | None:
+    """Lytro files and images named as ESLF (``*_eslf.png``, the names the manifest lists) are claimed even
+    when their content is not recognised, so that reading them explains what is wrong (truncated, not an LFP,
+    a raw capture, too small for 14×14 lenslets) instead of napari's "refused the file"."""
+    if not path.is_file():
+        return None
+    if path.suffix.lower() in (".lfp", ".lfr"):
+        return FORMAT_LYTRO
+    if path.suffix.lower() in ESLF_SUFFIXES and has_eslf_name(path):
+        return FORMAT_ESLF
+    return None
 
 
 def read_lightfield_layers(path: PathOrPaths) -> list[LayerDataTuple]:
     """Layers for each path: the focal stack, the centre (or all-in-focus) view, disparity/depth if any.
 
-    Raises RefocusError when a recognised file turns out unreadable; napari shows its message.
+    Raises RefocusError when a recognised file turns out unreadable; napari shows its message. Of several
+    files, those that read are opened and the others named in a warning (an error when none reads).
     """
+    paths = _as_paths(path)
     layers: list[LayerDataTuple] = []
-    for p in _as_paths(path):
-        # The paper's stack uses the central 7×7 views; reading no more keeps ESLF memory bounded.
-        lf = read_lightfield(p, views=StackConfig().views)
+    problems: list[str] = []
+    for p in paths:
+        try:
+            # The paper's stack uses the central 7×7 views; reading no more keeps ESLF memory bounded.
+            lf = read_lightfield(p, views=StackConfig().views)
+        except RefocusError as exc:
+            if len(paths) == 1:
+                raise
+            problems.append(str(exc))
+            continue
         layers.extend(lightfield_layers(lf))
+    if problems and not layers:
+        raise RefocusError(f"none of the {len(paths)} files opened: " + " ".join(problems))
+    if problems:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"{len(problems)} of {len(paths)} files not opened: " + " ".join(problems))
     return layers
 
 

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton, Select, SpinBox, Widget
 
-from ..core.blur_compare import DEFAULT_PATCH, KERNELS, MAX_RADIUS, blur_and_compare, parse_radii
-from ..core.classical import CLASSICAL_METHODS, MAX_AMOUNT, SHARPEN_SIZES, apply_classical
+from ..core.blur_compare import DEFAULT_PATCH, KERNELS, MAX_RADIUS, blur_and_compare_image, parse_radii
+from ..core.classical import CLASSICAL_METHODS, MAX_AMOUNT, SHARPEN_SIZES, apply_classical_image
 from ..core.classical import MAX_RADIUS as MAX_SHARPEN_RADIUS
 from ..core.errors import RefocusError
 from ..core.focalstack import CancelFn, ProgressFn
 from ..core.focus import FOCUS_MEASURES
 from ..core.focus_stacking import DEFAULT_BLEND_SIGMA, DEFAULT_MEASURES, DEFAULT_WINDOW, all_in_focus, stack_layout
-from ..core.imaging import as_rgb
+from ..core.imaging import from_float
 from .layer_io import (
     OutputLayers,
     chosen_layer,
@@ -104,17 +104,6 @@ def _parameter_values(box: Container) -> dict[str, Any]:
     return values
 
 
-def run_classical(data: np.ndarray, method: str, params: dict[str, Any]) -> np.ndarray:
-    """A core classical method on any single image layer's data: gray, RGB or RGBA, any dtype.
-
-    The core works on float gray/RGB; alpha is put back and the caller's dtype restored.
-    """
-    image = as_rgb(data, name="image")
-    src = image.rgb[..., 0] if image.was_gray else image.rgb
-    out = apply_classical(src, method, **params)
-    return image.restore(out[..., None] if image.was_gray else out)
-
-
 class ClassicalWidget(Container):
     """Classical baselines on one image: sharpen, unsharp, CLAHE, CLAHE + sharpen, region-wise sharpening,
     and blur-and-compare with a radiance layer (which also outputs the σ defocus map)."""
@@ -175,12 +164,14 @@ class ClassicalWidget(Container):
             base["radiance"] = radiance_layer.name
             if radiance_index:
                 base["radiance_slice"] = list(radiance_index)
+            names = (f"layer {source!r}", f"layer {radiance_layer.name!r}")
 
             def task(progress: ProgressFn, cancel: CancelFn):
-                return blur_and_compare(read(), read_radiance(), **params, progress=progress, cancel=cancel)
+                return blur_and_compare_image(read(), read_radiance(), names=names, **params, progress=progress,
+                                              cancel=cancel)  # fmt: skip
 
             def show(result) -> None:
-                out_rgb = result.refocused.ndim == 3
+                out_rgb = rgb
                 metadata = {**base, "sigma_max_used": result.sigma_max}
                 self._outputs.show(layer, method, result.refocused, name=f"{source} {method}", metadata=metadata,
                                    rgb=out_rgb, **display_like(layer, result.refocused), **placement)  # fmt: skip
@@ -192,7 +183,7 @@ class ClassicalWidget(Container):
 
             def task(progress: ProgressFn, cancel: CancelFn):
                 progress(0, 1)
-                out = run_classical(read(), method, params)
+                out = apply_classical_image(read(), method, name=f"layer {source!r}", **params)
                 progress(1, 1)
                 return out
 
@@ -252,9 +243,11 @@ class FocusStackingWidget(Container):
         def task(progress: ProgressFn, cancel: CancelFn):
             if not measures:
                 raise RefocusError("choose at least one focus measure.")
-            return all_in_focus(
-                read(), measures=measures, window=window, blend_sigma=blend, rgb=rgb, progress=progress, cancel=cancel
+            stack = read()
+            aif, depth = all_in_focus(
+                stack, measures=measures, window=window, blend_sigma=blend, rgb=rgb, progress=progress, cancel=cancel
             )
+            return from_float(aif, stack.dtype), depth  # 8 and 16 bits stay, as on the command line
 
         def show(result) -> None:
             aif, depth = result

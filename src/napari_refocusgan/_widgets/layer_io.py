@@ -43,7 +43,49 @@ def image_layer_combo(
     _keep_the_choice_through_renames(combo)
     if prefer is not None:
         _keep_a_preferred_choice(combo, prefer)
+    _note_a_lost_choice(combo)
     return combo
+
+
+# Dropdowns whose chosen layer was deleted, until a layer is chosen again: magicgui then shows another layer,
+# which work started without the user looking (a δ turn, a queued rerun) must not take for the user's choice.
+_LOST_CHOICE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _note_a_lost_choice(combo: ComboBox) -> None:
+    resetting: list[bool] = []  # non-empty while the choices are reset (value changes then are not a pick)
+
+    def on_changed(_value: Any) -> None:
+        if not resetting:
+            _LOST_CHOICE.discard(combo)
+
+    combo.changed.connect(on_changed)
+    reset = combo.reset_choices
+
+    def reset_noting_a_lost_choice(*args: Any) -> None:
+        chosen = _unproxied(combo.value)
+        resetting.append(True)
+        try:
+            reset(*args)
+        finally:
+            resetting.pop()
+        if combo.value is None:
+            _LOST_CHOICE.discard(combo)  # nothing chosen now: the next layer offered is a fresh default
+        elif chosen is not None and not any(_unproxied(layer) is chosen for layer in combo.choices):
+            _LOST_CHOICE.add(combo)
+
+    combo.reset_choices = reset_noting_a_lost_choice
+
+
+def choice_was_lost(combo: ComboBox) -> bool:
+    """Whether the layer chosen in ``combo`` was deleted and the layer shown now was put there by the
+    dropdown, not chosen (see :func:`keep_current_choice`)."""
+    return combo in _LOST_CHOICE
+
+
+def keep_current_choice(combo: ComboBox) -> None:
+    """Take the layer ``combo`` shows now as chosen (the user pressed a run button with it on screen)."""
+    _LOST_CHOICE.discard(combo)
 
 
 def _keep_the_choice_through_renames(combo: ComboBox) -> None:
@@ -172,25 +214,29 @@ def displayed_image(viewer, layer: Image) -> tuple[Callable[[], np.ndarray], tup
             "its last two axes (toggle 2D/3D, and roll or transpose the axes back)."
         )
     position = layer.world_to_data(dims.point[-layer.ndim :])
-    index = tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position[:lead], layer.data.shape[:lead]))
+    index = tuple(int(np.round(p)) for p in position[:lead])
+    shape = layer.data.shape[:lead]
+    outside = [k for k, (i, n) in enumerate(zip(index, shape)) if not 0 <= i < n]
+    if outside:
+        # napari draws nothing of the layer there; a clamped slice would be one the user does not see
+        k = outside[0]
+        axis = dims.ndim - layer.ndim + k
+        lo, hi = (float(v) for v in layer.extent.world[:, k])
+        raise RefocusError(
+            f"layer {layer.name!r} has no slice at the viewer's position ({dims.point[axis]:g} on axis {axis}; "
+            f"the layer spans {lo:g}…{hi:g} there): move the slider onto the layer."
+        )
     return _copy_later(layer.data, index), index
 
 
 def display_like(layer: Image, data: np.ndarray) -> dict[str, Any]:
     """Contrast limits for a result ``data`` of ``layer``, so that the two compare side by side: the input's
-    own when the result is in the same units (same kind of dtype); for a float result of an integer input
-    (intensities scaled to [0, 1] by the dtype's full scale) the input's limits scaled likewise, so that a
-    12-bit image in uint16 does not turn nearly black; else [0, 1] for a float result (integers keep napari's
-    defaults)."""
-    kind = np.dtype(layer.dtype).kind
-    if kind == data.dtype.kind:
+    own when the result is in the same units (same dtype kind: the tools give 8 and 16 bits back as they
+    came, so a 12-bit image in uint16 keeps its limits); else [0, 1] for a float result (a bool mask's), and
+    napari's defaults otherwise."""
+    if np.dtype(layer.dtype).kind == data.dtype.kind:
         return {"contrast_limits": tuple(float(v) for v in layer.contrast_limits)}
-    if data.dtype.kind != "f":
-        return {}
-    if kind == "u":
-        full_scale = float(np.iinfo(layer.dtype).max)
-        return {"contrast_limits": tuple(float(v) / full_scale for v in layer.contrast_limits)}
-    return {"contrast_limits": (0.0, 1.0)}
+    return {"contrast_limits": (0.0, 1.0)} if data.dtype.kind == "f" else {}
 
 
 def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
+from napari.utils.notifications import show_info
 
 from ..core.errors import RefocusError
 from ..core.focalstack import CancelFn, ProgressFn, StackConfig
@@ -23,11 +24,13 @@ from ..core.inference import available_devices, check_delta, deblur, pick_device
 from ..core.weights import LoadedModel, default_model, load_generator
 from .layer_io import (
     OutputLayers,
+    choice_was_lost,
     chosen_layer,
     display_like,
     displayed_image,
     follow_layer_list,
     image_layer_combo,
+    keep_current_choice,
     layer_data_later,
     spatial_placement,
 )
@@ -292,9 +295,18 @@ class RefocusWidget(Container):
         if self.runner.busy:  # coalesce: run once more, with the δ of then, when the current run ends
             self._rerun_pending = True
             return
+        self._run_unattended()
+
+    def _run_unattended(self) -> None:
+        """A run the user did not start with the layer in view (a δ turn, a queued rerun): not on a layer the
+        dropdown fell back to after the chosen one was deleted."""
+        if choice_was_lost(self._image):
+            show_info("Refocus: the image layer it worked on was deleted; choose one and press Refocus.")
+            return
         self.run()
 
     def _button_pressed(self, *_) -> None:
+        keep_current_choice(self._image)  # pressed with this layer on screen: the user's choice
         # after Cancel, a click queues the run; during a run it is refused with a warning (a double click
         # must not refocus a whole stack twice)
         if self.runner.stopping:
@@ -309,7 +321,7 @@ class RefocusWidget(Container):
     def _after_run(self, status: str) -> None:
         if self._rerun_pending:
             self._rerun_pending = False
-            self.run()
+            self._run_unattended()
 
     def run(self, *_) -> None:
         try:
@@ -329,7 +341,9 @@ class RefocusWidget(Container):
         delta = float(self._delta.value)
         weights, deblur_weights = self._weights.value, self._deblur_weights.value
         device_name, tile = self._device.value, int(self._tile.value)
-        source, name = layer.name, f"{layer.name} refocused"
+        # the slice shown gets a layer of its own: switching modes must not drop a whole-stack result
+        role = "refocused slice" if index else "refocused"
+        source, name = layer.name, f"{layer.name} {role}"
         given_radiance = None
         if radiance_layer is not None:
             given_radiance = f"layer {radiance_layer.name!r}" + (f", slice {list(radiance_index)}" if radiance_index else "")
@@ -372,7 +386,7 @@ class RefocusWidget(Container):
         def show(result) -> None:
             out, metadata, config = result
             self._outputs.show(
-                layer, "refocused", out, name=name, metadata=metadata, rgb=rgb, **placement, **display_like(layer, out)
+                layer, role, out, name=name, metadata=metadata, rgb=rgb, **placement, **display_like(layer, out)
             )
             self._fit_delta_box(config)  # the model that ran may be a user's, with another range
 

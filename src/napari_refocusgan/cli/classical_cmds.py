@@ -12,7 +12,6 @@ from ..core import focus_stacking as fs
 from ..core.errors import RefocusError
 from ..core.focus import FOCUS_MEASURES, SMLParams
 from ..core.imaging import (
-    as_rgb,
     check_output_path,
     from_float,
     image_slices,
@@ -122,8 +121,7 @@ def cmd_classical(args: argparse.Namespace) -> int:
         )
     out = None
     for index in slices:  # a stack (…, H, W[, C]) slice by slice
-        img = as_rgb(arr[index], name=args.image)
-        result = img.restore(classical.apply_classical(img.rgb, method, **params))
+        result = classical.apply_classical_image(arr[index], method, name=args.image, **params)
         out = store_slice(out, result, arr.shape, slices, index)
     path = write_image(out_path, out)
     print(f"wrote {path}: {method} {params}" + (f", {len(slices)} slices" if len(slices) > 1 else ""))
@@ -136,19 +134,18 @@ def cmd_blur_compare(args: argparse.Namespace) -> int:
     out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=inputs)
     if args.sigma_map:
         check_output_path(args.sigma_map, inputs=(*inputs, out_path), float_data=True)
-    img = as_rgb(raw, name=args.image)
-    radiance = as_rgb(read_image(args.radiance), name=args.radiance)
     radii = bc.parse_radii(args.radii) if args.radii is not None else None
-    result = bc.blur_and_compare(
-        img.rgb,
-        radiance.rgb,
+    result = bc.blur_and_compare_image(
+        raw,
+        read_image(args.radiance),
+        names=(args.image, args.radiance),
         sigma_max=args.sigma_max,
         radii=radii,
         patch=args.patch,
         kernel=args.kernel,
         device=pick_device(args.device),
     )
-    path = write_image(out_path, store_slice(None, img.restore(result.refocused), raw.shape, [()], ()))
+    path = write_image(out_path, store_slice(None, result.refocused, raw.shape, [()], ()))
     print(f"wrote {path}: σ_max {result.sigma_max:.3g} px, σ range {result.sigma.min():.3g}..{result.sigma.max():.3g}")
     if args.sigma_map:
         print(f"wrote {write_image(args.sigma_map, result.sigma)}: defocus radius σ (px)")

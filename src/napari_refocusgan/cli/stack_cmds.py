@@ -66,6 +66,12 @@ def cmd_focal_stack(args: argparse.Namespace) -> int:
 
     cfg, auto = stack_config(args)  # bad options fail before any reading
     out = check_output_path(args.out, inputs=(args.path,), float_data=True)
+    folder = Path(args.path)
+    if folder.is_dir() and out.resolve().parent == folder.resolve():
+        raise RefocusError(
+            f"output {out} is inside the light-field folder {folder}: there it could replace a view or be read as "
+            "one next time. Write it elsewhere."
+        )
     device = pick_device(args.device)
     lf = read_lightfield(args.path, views=cfg.views)  # only the central views: bounds ESLF memory
     if lf.views is not None:
@@ -106,7 +112,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..core.weights import load_generator
 
     device = pick_device(args.device)  # a bad device fails before anything is written
+    if not args.out.strip():
+        raise RefocusError("--out is empty; name the folder for the demo's files (default demo/).")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RefocusError(f"--out {out} is a file; the demo writes several files into a folder.")
     out.mkdir(parents=True, exist_ok=True)
     scene = sample_scene()
     stack, slopes, _ = focal_stack(scene.views)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from scipy import ndimage
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn
 from .focus import box_mean_torch
-from .imaging import to_float
+from .imaging import as_rgb, to_float
 
 KERNELS = ("disk", "gaussian")
 # Kept slices of the default stack differ by up to ~0.93 px/view, i.e. a disk of radius ≈ 3.7 px over 7×7 views.
@@ -233,7 +233,8 @@ def blur_and_compare(
             f"{rad.shape[1]}×{rad.shape[2]}; they must be the same size."
         )
     if src.shape[0] != rad.shape[0]:  # one gray, one colour: compare in colour
-        src, rad = np.broadcast_to(src, (3, *src.shape[1:])), np.broadcast_to(rad, (3, *rad.shape[1:]))
+        # repeat only the gray one: a broadcast view of the colour one would reach torch read-only
+        src, rad = (np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in (src, rad))
     if sigma_max is not None and not (
         isinstance(sigma_max, (int, float, np.number)) and math.isfinite(sigma_max) and 0 <= sigma_max <= MAX_RADIUS
     ):
@@ -295,3 +296,14 @@ def blur_and_compare(
         sigma[0, 0].cpu().numpy().astype(np.float32),
         float(sigma_max),
     )
+
+
+def blur_and_compare_image(
+    image: np.ndarray, radiance: np.ndarray, *, names: tuple[str, str] = ("image", "radiance"), **options
+) -> BlurCompareResult:
+    """:func:`blur_and_compare` (``options`` are its keywords) with the refocused image put back as ``image``
+    came: gray stays gray, RGBA keeps its alpha, 8 and 16 bits stay. What the command line writes and the
+    widget shows. ``names`` name the two images in error messages."""
+    img, rad = as_rgb(image, name=names[0]), as_rgb(radiance, name=names[1])
+    result = blur_and_compare(img.rgb, rad.rgb, **options)
+    return replace(result, refocused=img.restore(result.refocused))

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from .errors import RefocusError
 from .focus import SMLParams, sml
-from .imaging import luminance, to_float
+from .imaging import as_rgb, luminance, to_float
 
 SHARPEN_SIZES = (3, 5, 7)
 
@@ -261,3 +261,11 @@ def apply_classical(image: np.ndarray, method: str, **params) -> np.ndarray:
             f"method {method!r} takes {', '.join(accepted) or 'no parameters'}; got {', '.join(params)}."
         ) from None
     return fn(image, **params)
+
+
+def apply_classical_image(image: np.ndarray, method: str, *, name: str = "image", **params) -> np.ndarray:
+    """:func:`apply_classical` on one image as it comes (gray, RGB or RGBA; uint8, uint16 or float in [0, 1]),
+    the result put back the same way: gray stays gray, alpha is re-attached, the dtype kept. What the command
+    line writes and the widget shows; ``name`` names the image in error messages."""
+    img = as_rgb(image, name=name)
+    return img.restore(apply_classical(img.rgb, method, **params))

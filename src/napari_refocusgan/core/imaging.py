@@ -87,7 +87,7 @@ class RGBImage:
 
 def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1) -> RGBImage:
     """Normalise a single 2-D image, gray (H, W), (H, W, 1), RGB or RGBA, to float RGB."""
-    arr = np.asarray(image)
+    arr = native_8bit(np.asarray(image))
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
@@ -108,6 +108,13 @@ def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1) -> RGBI
     return RGBImage(np.ascontiguousarray(rgb), alpha, was_gray, arr.dtype.newbyteorder("="))  # results: native order
 
 
+def native_8bit(arr: np.ndarray) -> np.ndarray:
+    """:func:`native_byte_order`, and a 1-bit (bool) mask as 8-bit 0/255, so that it runs and comes back as
+    an 8-bit image in every tool."""
+    arr = native_byte_order(arr)
+    return arr.astype(np.uint8) * np.uint8(255) if arr.dtype == bool else arr
+
+
 def native_byte_order(arr: np.ndarray) -> np.ndarray:
     """``arr`` in the machine's byte order: a big-endian '>u2' array would otherwise compare unequal to
     np.uint16 and keep its byte order into results and files (a 16-bit image then wrote as all-white 8-bit)."""
@@ -122,7 +129,7 @@ def image_slices(
     ``rgb``: whether the last axis holds colour (1, 3 or 4 channels); guessed when None. Images smaller than
     ``min_size`` pixels a side are refused, naming ``needed_by``.
     """
-    arr = native_byte_order(np.asarray(image))
+    arr = native_8bit(np.asarray(image))
     if arr.dtype.kind not in "uf" or (arr.dtype.kind == "u" and arr.dtype.itemsize > 2):
         raise RefocusError(f"{name} has dtype {arr.dtype}; expected uint8, uint16 or float.")
     if arr.size == 0:
@@ -196,8 +203,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise
     except Exception as exc:  # decoders raise many types; all mean "not a readable image"
         raise RefocusError(f"Cannot read {path} as an image ({type(exc).__name__}: {exc}).") from exc
-    data = native_byte_order(np.asarray(data))
-    return data.astype(np.uint8) * np.uint8(255) if data.dtype == bool else data
+    return native_8bit(np.asarray(data))
 
 
 def _read_with_pillow_or_imageio(path: Path) -> np.ndarray:
@@ -327,13 +333,13 @@ def check_output_path(
 
 def _check_writable(out: Path, folder: Path) -> None:
     """Refuse an output that cannot be written, before the work rather than after it: a new file needs a
-    writable ``folder`` (the nearest existing one); an existing file is enough when it is writable itself
-    (:func:`write_image` then writes it in place)."""
+    writable ``folder`` (the nearest existing one); an existing file must be writable itself, as for ``cp``
+    (:func:`write_image` then writes beside it and renames, or in place in a read-only folder)."""
     target = Path(os.path.realpath(out))  # write_image writes beside the file a symlink points to
     if target.is_file():
         if os.access(target, os.W_OK):
             return
-        folder = target.parent
+        raise RefocusError(f"output {out} is read-only; make it writable or write the result under another name.")
     try:  # really try: os.access says yes to root on folders where creating a file fails (/sys, /proc)
         with tempfile.TemporaryFile(dir=folder):
             pass

@@ -30,6 +30,7 @@ ESLF_SUFFIXES = (".png", ".tif", ".tiff")  # lossless only: JPEG smears the per-
 # Detection thresholds (see :func:`eslf_evidence`); the looser pair applies when the name contains "_eslf".
 VIGNETTE_MIN, VIGNETTE_MIN_HINTED = 0.30, 0.15
 PERIOD_DIP_MAX, PERIOD_DIP_MAX_HINTED = 0.50, 0.75
+SUB_PERIOD_MAX = 0.8  # the 14-px repeat must beat the 6/7/8-px ones (a half-size ESLF, a checkerboard do not)
 
 
 @dataclass
@@ -203,6 +204,9 @@ def eslf_evidence(image: np.ndarray) -> dict[str, float]:
       In an ESLF, x+14 is the same view one lenslet over (a close neighbour) while x+5..9 are other views
       seen through the same lenslet (parallax) or the next one, so the ratio is well below 1. Photos have
       differences that grow with distance: the ratio is ≥ 1.
+    * ``sub_period_x`` / ``_y``: mean |I(x) − I(x+14)| over the smallest of those at k = 6, 7, 8. A repeat
+      every 7 px (an ESLF resized by half) or every 2 px (a fine checkerboard) also repeats every 14 px,
+      but then as well at 7, or at 6 and 8: the ratio is ≈ 1 or above, while in an ESLF it stays below.
 
     Computed on a centred block of at most 128×128 lenslets.
     """
@@ -221,12 +225,15 @@ def eslf_evidence(image: np.ndarray) -> dict[str, float]:
     corners = np.mean([phase[:2, :2].mean(), phase[:2, -2:].mean(), phase[-2:, :2].mean(), phase[-2:, -2:].mean()])
     vignette = float((centre - corners) / scale) if scale > 0 else 0.0
 
-    def dip(a: np.ndarray) -> float:
+    def dips(a: np.ndarray) -> tuple[float, float]:
         d = {k: float(np.abs(a[:, k:] - a[:, :-k]).mean()) for k in (5, 6, 7, 8, 9, LENSLET)}
         ref = float(np.median([d[k] for k in (5, 6, 7, 8, 9)]))
-        return d[LENSLET] / ref if ref > 0 else 1.0
+        shorter = min(d[6], d[7], d[8])
+        return (d[LENSLET] / ref if ref > 0 else 1.0), (d[LENSLET] / shorter if shorter > 0 else 1.0)
 
-    return {"vignette": vignette, "period_dip_x": dip(g), "period_dip_y": dip(g.T)}
+    (dip_x, sub_x), (dip_y, sub_y) = dips(g), dips(g.T)
+    return {"vignette": vignette, "period_dip_x": dip_x, "period_dip_y": dip_y, "sub_period_x": sub_x,
+            "sub_period_y": sub_y}  # fmt: skip
 
 
 def looks_like_eslf(image: np.ndarray, *, name_hint: bool = False) -> bool:
@@ -242,7 +249,8 @@ def looks_like_eslf(image: np.ndarray, *, name_hint: bool = False) -> bool:
     vmin = VIGNETTE_MIN_HINTED if name_hint else VIGNETTE_MIN
     dmax = PERIOD_DIP_MAX_HINTED if name_hint else PERIOD_DIP_MAX
     periodic = ev["period_dip_x"] < dmax and ev["period_dip_y"] < dmax
-    return ev["vignette"] > vmin or periodic
+    fourteen = ev["sub_period_x"] < SUB_PERIOD_MAX and ev["sub_period_y"] < SUB_PERIOD_MAX  # not 7 or 2 px
+    return ev["vignette"] > vmin or (periodic and fourteen)
 
 
 def has_eslf_name(path: Path) -> bool:

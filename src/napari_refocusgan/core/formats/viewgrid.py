@@ -110,7 +110,10 @@ def _hci_grid(folder: Path, highest: int) -> tuple[int, int, dict | None]:
     if parameters is not None:
         extr = parameters.get("extrinsics", {})
         declared = (extr.get("num_cams_y"), extr.get("num_cams_x"))
-        if all(isinstance(v, int) and v > 0 for v in declared):
+        if any(v is not None for v in declared) and not all(isinstance(v, int) and v > 0 for v in declared):
+            raise RefocusError(f"{cfg} declares an invalid camera grid (num_cams_y = {declared[0]}, num_cams_x = "
+                               f"{declared[1]}); expected two positive whole numbers.")  # fmt: skip
+        if all(v is not None for v in declared):
             rows, cols = declared
             if highest >= rows * cols:
                 raise RefocusError(
@@ -126,7 +129,8 @@ def read_hci_parameters(path: str | Path) -> dict[str, dict[str, object]]:
     try:
         parser.read_string(Path(path).read_text(encoding="utf-8", errors="replace"))
     except (OSError, configparser.Error) as exc:
-        raise RefocusError(f"Cannot parse {path} as an HCI parameters.cfg (INI) file: {exc}") from exc
+        reason = str(exc).splitlines()[0]  # configparser adds the offending lines, raw bytes and all
+        raise RefocusError(f"Cannot parse {path} as an HCI parameters.cfg (INI) file: {reason}") from exc
     out: dict[str, dict[str, object]] = {}
     for section in parser.sections():
         values: dict[str, object] = {}
