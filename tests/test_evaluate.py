@@ -165,7 +165,7 @@ def _view_grid(folder: Path, seed: int, n: int = 7, size: int = 24) -> None:
             iio.imwrite(folder / f"{folder.name}_{r + 1:02d}_{c + 1:02d}.png", view)
 
 
-def test_cli_scores_the_test_split_of_data_light_fields(tmp_path):
+def test_cli_scores_the_test_split_of_data_light_fields(tmp_path, capsys):
     from training import data
 
     names = [f"scene{i}" for i in range(200)]
@@ -182,8 +182,10 @@ def test_cli_scores_the_test_split_of_data_light_fields(tmp_path):
         (identity,) = [r for r in csv.DictReader(f) if r["method"].startswith("identity")]
     assert int(identity["items"]) == 20  # 2 light fields × 10 slices; the training one is left out
 
-    assert ev.main([*common, "--data", str(root / train_name), "--out", str(tmp_path / "eval2")]) == 0
-    assert "none of the 1 light field(s)" in (tmp_path / "eval2" / "tables.md").read_text()
+    # nothing left to score: an error that says why (empty tables would replace an earlier run's)
+    assert ev.main([*common, "--data", str(root / train_name), "--out", str(tmp_path / "eval2")]) == 2
+    assert "nothing to evaluate: none of the 1 light field(s)" in capsys.readouterr().err
+    assert not (tmp_path / "eval2" / "tables.md").exists()
 
 
 def test_each_g2_is_scored_on_the_delta_configurations_it_was_trained_for(monkeypatch):
@@ -235,9 +237,17 @@ def test_cli_refuses_bad_options_and_models_before_rendering_anything(tmp_path, 
         (["--g1", str(single), *out], "holds a refocus generator"),
         (["--g2", str(single), *out], "pass it as --g2-single"),
         (["--out", str(afile)], "is a file"),
+        # empty tables over an earlier run's results: nothing selected is an error
+        (["--synthetic", "0", "--hci-variants", "", *out], "nothing to evaluate"),
+        (["--synthetic", "0", "--hci-variants", "paper", "--hci", str(tmp_path / "nowhere"), *out],
+         "nothing to evaluate: HCI scene not found"),
     ):
         assert ev.main([*common, *args]) == 2, args
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (args, err)
         assert not cache.exists() and not (tmp_path / "eval").exists(), args  # nothing rendered or written
     assert afile.read_text() == "x"
+
+
+def test_comma_lists_take_spaces_and_capitals_as_focal_stack_keep_does():
+    assert ev._comma_list(" Paper, HALF ,", "--hci-variants", ev.HCI_VARIANTS, empty=True) == ["paper", "half"]

@@ -599,11 +599,16 @@ def test_cli_export_refuses_what_would_break_the_registry(tmp_path, monkeypatch,
         (["-o", str(tmp_path / "x.safetensors"), "--name", "deblur", "--registry"], "is a role"),
         (["-o", str(tmp_path)], "names a folder"),
         (["-o", str(tmp_path / "newdir") + "/"], "names a folder"),  # not a file called newdir
+        # the run's own checkpoint and log, the registry, any other file: weights are .safetensors only
+        (["-o", str(tmp_path / "run" / "last.pt")], "written as .safetensors"),
+        (["-o", str(tmp_path / "run" / "log.csv")], "written as .safetensors"),
+        (["-o", str(registry)], "written as .safetensors"),
     ):
         assert cli_main(["export", run, *args]) == 2, args
         assert message in capsys.readouterr().err, args
     assert (g1.read_bytes(), registry.read_text()) == before and not (tmp_path / "x.safetensors").exists()
     assert not (tmp_path / "newdir").exists()
+    assert cli_main(["export", run, "-o", str(tmp_path / "run" / "w.safetensors")]) == 0  # the run still reads
     # replacing an entry's file under its own name stays possible, and its hash follows
     assert cli_main(["export", run, "-o", str(g1), "--name", "g1", "--registry"]) == 0
     assert {e.name: e.sha256 for e in weights.list_models(registry)}["g1"] == weights.file_sha256(g1)
@@ -642,6 +647,17 @@ def test_cli_checks_folders_and_weight_files_before_rendering_anything(tmp_path,
     assert afile.read_text() == "x"
 
 
+def test_a_run_log_that_is_not_one_is_a_message_on_resume_and_export_goes_on(tmp_path, capsys):
+    """An overwritten log.csv crashed --resume and export with a UnicodeDecodeError traceback."""
+    run = tmp_path / "run"
+    train(smoke(steps=2), run, progress=False, stop_after=1, **datasets())
+    (run / "log.csv").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(RefocusError, match="log.csv is not a readable training log"):
+        train(smoke(steps=2), run, resume=True, progress=False, **datasets())
+    assert cli_main(["export", str(run), "-o", str(tmp_path / "w.safetensors")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_checkpoint_errors_say_what_is_wrong(tmp_path, capsys):
     whole = tmp_path / "model.pt"
     torch.save({"model": torch.nn.Linear(1, 1)}, whole)  # pickled objects: never loaded
@@ -665,6 +681,24 @@ def test_cli_refuses_options_the_task_would_ignore(tmp_path, capsys, task, args)
     code = cli_main(["train", task, "--config", "smoke", "--out", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err
     assert code == 2 and f"{args[0]} applies to" in err and not (tmp_path / "o").exists(), err
+
+
+@pytest.mark.parametrize("args", [["--radiance", "true"], ["--true-radiance-share", "0.5"]])
+def test_cli_refuses_radiance_options_for_a_single_stage_g2(tmp_path, capsys, args):
+    """They were recorded in the model card of a G2 that has no radiance input."""
+    code = cli_main(["train", "refocus", "--config", "smoke", "--single-stage", "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and "no use with --single-stage" in err and not (tmp_path / "o").exists(), err
+
+
+def test_cli_resume_refuses_another_config_instead_of_ignoring_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(smoke(steps=2), run, progress=False, stop_after=1, **datasets())
+    before = (run / "last.pt").read_bytes()
+    code = cli_main(["train", "deblur", "--config", "paper", "--resume", "--out", str(run), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "was made with 'smoke'" in err, err
+    assert (run / "last.pt").read_bytes() == before
 
 
 def test_cli_reports_a_missing_or_empty_data_path_without_traceback(tmp_path, capsys):

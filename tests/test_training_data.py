@@ -268,6 +268,39 @@ def test_view_grid_folders_are_training_light_fields_and_hci_is_test_only(tmp_pa
     np.testing.assert_allclose(views[1, 2, 0, 0, 0], 23 / 255, atol=1e-6)  # row 2, column 3 (1-based)
 
 
+def training_view_folder(root: Path, prefix: str, *, grid: int, size: int) -> tuple[str, Path]:
+    """A NAME_RR_CC folder of grid×grid flat size² views whose name falls in the training split."""
+    import imageio.v3 as iio
+
+    name = next(f"{prefix}{i}" for i in range(100) if data.file_split(root / f"{prefix}{i}") == "train")
+    folder = root / name
+    folder.mkdir()
+    for r in range(1, grid + 1):
+        for c in range(1, grid + 1):
+            iio.imwrite(folder / f"{name}_{r:02d}_{c:02d}.png", np.full((size, size, 3), 10 * r + c, np.uint8))
+    return name, folder
+
+
+def test_a_light_field_smaller_than_the_crop_is_a_clear_error(cache, tmp_path):
+    """Only the first scene was checked: a small light field after the synthetic ones crashed a training step
+    (numpy's "high <= 0")."""
+    name, folder = training_view_folder(tmp_path, "garden", grid=7, size=8)
+    with pytest.raises(RefocusError, match=rf"crop {CROP} is larger than the train scene {name}-\w+ \(8×8\)"):
+        build_dataset("deblur", split="train", config=make_config(cache, train_scenes=1), data_paths=[str(folder)])
+
+
+def test_data_paths_that_are_no_light_fields_or_too_small_grids_say_so_and_which(cache, tmp_path):
+    import imageio.v3 as iio
+
+    photo = tmp_path / "photo.png"  # was blamed on the data split: "none of its light fields is in the training split"
+    iio.imwrite(photo, np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(RefocusError, match=r"photo.png is not a light field"):
+        build_dataset("deblur", split="train", config=make_config(cache, train_scenes=1), data_paths=[str(photo)])
+    name, folder = training_view_folder(tmp_path, "grid", grid=3, size=48)
+    with pytest.raises(RefocusError, match=rf"{name}: asked for the central 7×7 views but the light field has only 3×3"):
+        build_dataset("deblur", split="train", config=make_config(cache, train_scenes=1), data_paths=[str(folder)])
+
+
 def test_clean_prob_leaves_inputs_without_noise_or_jpeg(cache):
     noisy = build_dataset("deblur", split="val", config=make_config(cache))
     clean = build_dataset("deblur", split="val", config=make_config(cache, clean_prob=1.0))

@@ -82,7 +82,7 @@ _TASK_OPTIONS = {"radiance": "refocus", "refocus_deltas": "refocus", "single_sta
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train G1 (deblur) or G2 (refocus)", description="Train a generator.")
     p.add_argument("task", choices=TASKS)
-    p.add_argument("--config", default="cpu", choices=sorted(PRESETS), help="preset (default: cpu)")
+    p.add_argument("--config", choices=sorted(PRESETS), help="preset (default: cpu; --resume keeps the run's)")
     p.add_argument("--out", required=True, type=Path, help="run folder: last.pt, log.csv")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out where it stopped, with its saved settings (options given "
@@ -132,20 +132,28 @@ def _config_from_args(args) -> TrainConfig:
     for name, task in _TASK_OPTIONS.items():  # silently ignored by the other task otherwise
         if overrides[name] is not None and args.task != task:
             raise RefocusError(f"--{name.replace('_', '-')} applies to {task} only, not to {args.task}")
+    if overrides["single_stage"]:  # else recorded in the model card of a G2 that has no radiance input
+        for name in ("radiance", "true_radiance_share"):
+            if overrides[name] is not None:
+                raise RefocusError(f"--{name.replace('_', '-')} has no use with --single-stage (a G2 without the "
+                                   "radiance input)")  # fmt: skip
     if args.resume:
         # the run's own settings, with only what this command line changes
         saved = TrainConfig.from_dict(load_checkpoint(args.out / CHECKPOINT_NAME)["config"])
         if saved.task != args.task:
             raise RefocusError(f"{args.out} trains {saved.task}, not {args.task}")
+        if args.config is not None and args.config != saved.name:
+            raise RefocusError(f"--config {args.config}: the run in {args.out} was made with {saved.name!r}, which "
+                               "--resume keeps; give its options (e.g. --steps) to change them")  # fmt: skip
         fields = {**saved.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
         if args.epochs is not None and args.steps is None:
             fields["steps"] = None  # the run's steps would win over the --epochs asked for here
         del fields["name"], fields["task"]
         return get_config(saved.name, saved.task, **fields)
-    cfg = get_config(args.config, args.task, **overrides)
+    cfg = get_config(args.config or "cpu", args.task, **overrides)
     kind, g1_path = radiance_source(cfg.radiance)
     if kind != "true" and not Path(g1_path).is_file():
-        raise RefocusError(f"--radiance {cfg.radiance}: no G1 weights or checkpoint at {g1_path}")
+        raise RefocusError(f"--radiance {cfg.radiance}: no G1 weights file (.safetensors, from training export) at {g1_path}")
     return cfg
 
 

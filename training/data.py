@@ -203,7 +203,15 @@ def list_lightfields(data_paths: Sequence[str]) -> list[Path]:
         path = Path(raw).expanduser()
         if not path.exists():
             raise RefocusError(f"data path {path} does not exist.")
-        if path.is_file() or _is_view_folder(path):
+        if path.is_file():
+            from napari_refocusgan.core.lightfield import detect_format
+
+            if detect_format(path) is None:  # else an ordinary image was blamed on the data split
+                raise RefocusError(f"data path {path} is not a light field (expected an ESLF image, a Lytro file or a "
+                                   "view folder); an ordinary image or stack cannot be trained on.")  # fmt: skip
+            found.append(path)
+            continue
+        if _is_view_folder(path):
             found.append(path)
             continue
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
@@ -275,7 +283,10 @@ def read_hci_disparity(folder: Path, scale: int = 1) -> np.ndarray | None:
 
 def lightfield_scene(path: Path) -> dict[str, np.ndarray]:
     views = read_views(path)
-    stack, _, _ = focal_stack(views, STACK)
+    try:
+        stack, _, _ = focal_stack(views, STACK)
+    except RefocusError as exc:  # of several --data paths, say which
+        raise RefocusError(f"{path}: {exc}") from None
     scene = {"stack": stack, "centre": centre_view(views), "views": views, "noise": np.float32(0)}
     if HCI_MARKER in str(path).lower():
         disp = read_hci_disparity(path)
@@ -506,9 +517,11 @@ class FocalStackPairs(Dataset):
         self.radiance_source = radiance
         self._g1 = None
         self._calls = 0
-        h, w = self.scenes[0].stack.shape[1:3]
-        if self.crop > min(h, w):
-            raise RefocusError(f"crop {self.crop} is larger than the scenes ({h}×{w}).")
+        for scene in self.scenes:  # every one: data paths may hold light fields smaller than the synthetic scenes
+            h, w = scene.stack.shape[1:3]
+            if self.crop > min(h, w):
+                raise RefocusError(f"crop {self.crop} is larger than the {split} scene {scene.folder.name} ({h}×{w}); "
+                                   "use a smaller --crop or leave that light field out")  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.scenes) * self.per_scene

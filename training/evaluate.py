@@ -495,7 +495,7 @@ TABLES = ("deblur", "refocus")
 
 
 def _comma_list(text: str, option: str, choices: Sequence[str], *, empty: bool) -> list[str]:
-    items = [t for t in text.split(",") if t]
+    items = [t.strip().lower() for t in text.split(",") if t.strip()]  # as focal-stack --keep: " Paper" is paper
     unknown = [t for t in items if t not in choices]
     if unknown or not (items or empty):
         raise RefocusError(f"{option} {text!r}: give a comma list of {', '.join(choices)}"
@@ -544,6 +544,8 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
                 datasets.append((scene.name, [scene]))
         else:
             notes.append(f"HCI scene not found at {args.hci}: its rows are skipped.")
+    if not datasets:  # else empty tables replaced the results of an earlier run in --out
+        raise RefocusError("nothing to evaluate: " + " ".join(notes or ["--synthetic 0 and no --hci-variants or --data."]))
     rows: list[Row] = []
     for name, scenes in datasets:
         d_methods = deblur_methods(g1, g1_nosml, classical=not args.no_classical, reference=not args.no_reference)

@@ -8,18 +8,34 @@ from pathlib import Path
 from napari_refocusgan.core import weights
 from napari_refocusgan.core.errors import RefocusError
 
-from .train import CHECKPOINT_NAME, LOG_NAME, generator_from_checkpoint, load_checkpoint
+from .train import CHECKPOINT_NAME, LOG_NAME, generator_from_checkpoint, load_checkpoint, read_log_rows
 
 
 def _training_seconds(log: Path, step: int) -> str:
-    """Wall-clock training time up to ``step`` from the run's log (resumed sessions added up), or ''."""
-    import csv
-
+    """Wall-clock training time up to ``step`` from the run's log (resumed sessions added up), or '' when
+    the log is missing or unreadable (the weights are still worth exporting)."""
     if not log.is_file():
         return ""
-    with open(log, newline="") as f:
-        times = [float(row["time_s"]) for row in csv.DictReader(f) if int(row["step"]) <= step and row["time_s"]]
+    try:
+        times = [float(row["time_s"]) for row in read_log_rows(log, step) if row["time_s"]]
+    except (RefocusError, ValueError):
+        return ""
     return f"{times[-1]:.0f}" if times else ""
+
+
+def _check_output(out: Path, given: str | os.PathLike) -> None:
+    """Refuse, before the checkpoint is read, an output that is not a new or writable ``.safetensors`` file:
+    any other name could be the run's own checkpoint or log, the registry, or a user's file."""
+    if out.is_dir() or os.fspath(given).endswith(("/", os.sep)):  # Path() drops a trailing slash
+        raise RefocusError(f"{given} names a folder: give the weights file's name, e.g. {out / 'g1.safetensors'}")
+    if out.suffix.lower() != ".safetensors":
+        raise RefocusError(f"{out}: weights are written as .safetensors; name the file so (e.g. {out.stem}.safetensors)")
+    if out.exists() and not out.is_file():
+        raise RefocusError(f"{out} exists and is not a regular file; write the weights elsewhere")
+    if out.is_file() and not os.access(out, os.W_OK):
+        raise RefocusError(f"{out} is read-only; make it writable or write the weights under another name")
+    if not out.parent.is_dir():
+        raise RefocusError(f"cannot write {out}: folder {out.parent} does not exist")
 
 
 def _check_registry_use(out: Path, name: str, role: str, registry: bool, registry_path) -> None:
@@ -58,6 +74,8 @@ def export_checkpoint(
     card. With ``registry``, add or update its entry (as the default of its role) in the plugin's
     registry (or ``registry_path``) under ``name`` (default: the file's stem), with ``metrics`` (measured
     results) in the entry."""
+    out = Path(weights_path)
+    _check_output(out, weights_path)
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         checkpoint = checkpoint / CHECKPOINT_NAME
@@ -69,12 +87,6 @@ def export_checkpoint(
     card.setdefault("train_time_s", _training_seconds(checkpoint.parent / LOG_NAME, ckpt["step"]))
     if name:
         card["name"] = name
-    out = Path(weights_path)
-    if out.is_dir() or os.fspath(weights_path).endswith(("/", os.sep)):  # Path() drops a trailing slash
-        raise RefocusError(f"{weights_path} names a folder: give the weights file's name, e.g. "
-                           f"{out / (role + '.safetensors')}")  # fmt: skip
-    if not out.parent.is_dir():
-        raise RefocusError(f"cannot write {out}: folder {out.parent} does not exist")
     _check_registry_use(out, name or out.stem, role, registry, registry_path)
     weights.save_generator(model, out, role, card)
     if registry:

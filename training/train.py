@@ -588,6 +588,17 @@ def check_data_paths(paths: list[str]) -> None:
             raise RefocusError(f"data folder {p} is empty: it needs light fields or focal stacks to train on")
 
 
+def read_log_rows(path: Path, up_to_step: int) -> list[dict]:
+    """The rows of a run's ``log.csv`` up to ``up_to_step``; a clear error for a file that is not such a log
+    (overwritten, truncated mid-row, another file's bytes)."""
+    try:
+        with open(path, newline="") as f:
+            return [row for row in csv.DictReader(f) if int(row["step"]) <= up_to_step]
+    except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
+        raise RefocusError(f"{path} is not a readable training log ({type(exc).__name__}: {exc}); move it away "
+                           "and the run starts a new one") from None  # fmt: skip
+
+
 class RunLog:
     """``log.csv``: one row per ``log_every`` steps and per validation, appended as training goes. On
     resume, rows past the checkpoint's step (logged before a crash) are dropped so each step appears once."""
@@ -596,8 +607,7 @@ class RunLog:
         self.path = path
         rows = []
         if resume_step is not None and path.exists():
-            with open(path, newline="") as f:
-                rows = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
+            rows = read_log_rows(path, resume_step)
         self.elapsed = float(rows[-1]["time_s"]) if rows else 0.0  # training time before this session
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
@@ -775,5 +785,5 @@ def train(
 
 __all__ = [
     "TrainResult", "Trainer", "train", "lr_factor", "save_checkpoint", "load_checkpoint",
-    "generator_from_checkpoint", "check_data_paths", "CHECKPOINT_NAME", "LOG_NAME",
+    "generator_from_checkpoint", "check_data_paths", "read_log_rows", "CHECKPOINT_NAME", "LOG_NAME",
 ]  # fmt: skip
