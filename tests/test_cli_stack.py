@@ -123,6 +123,7 @@ def test_focal_stack_command_paper_window_and_auto(tmp_path, capsys):
         (["focal-stack", "{tmp}/cut.lfp", "-o", "{tmp}/o.tif"], "LFP"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--views", "0"], "views"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--keep", "12:3"], "keep"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--slices", "10"], "keep all slices with --keep all"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--device", "tpu"], "device"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/afile/o.tif", "--views", "3"], "afile"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--views", "7"], "only 3×3"),

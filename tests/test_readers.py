@@ -580,12 +580,13 @@ def test_raw_lytro_is_refused_with_what_is_needed(tmp_path, top_key, suffix):
 
 def test_lfp_truncated_corrupt_and_fake(tmp_path):
     data = engine1_lfp(np.zeros((2, 2), np.float32))
-    for cut in (len(data) - 300, 120, 40):
+    for cut in (len(data) - 300, 120, 40, 14):
         path = tmp_path / f"cut{cut}.lfp"
         path.write_bytes(data[:cut])
         assert detect_format(path) == "lytro-lfp"
-        with pytest.raises(RefocusError, match="truncated"):
+        with pytest.raises(RefocusError, match="truncated") as info:
             read_lightfield(path)
+        assert "magic" not in str(info.value)  # 14 bytes hold the magic: it was said to be missing
     corrupt = tmp_path / "corrupt.lfp"
     corrupt.write_bytes(data[:16] + b"garbage!" * 20)
     with pytest.raises(RefocusError, match="corrupt"):

@@ -525,6 +525,8 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
     g1_nosml = load_checked(args.g1_nosml, "--g1-nosml", "deblur")
     g2s = [load_checked(spec, "--g2", "refocus", radiance=True) for spec in args.g2]
     g2_single = load_checked(args.g2_single, "--g2-single", "refocus", radiance=False)
+    if "refocus" in tables:
+        refocus_methods(g2s, g2_single)  # builds nothing costly; two G2s that would share a row name fail here
     notes: list[str] = []
     datasets: list[tuple[str, list[EvalScene]]] = []
     if args.synthetic > 0:

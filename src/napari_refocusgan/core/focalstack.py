@@ -51,7 +51,8 @@ class StackConfig:
         if self.keep is not None:
             lo, hi = self.keep
             if not 1 <= lo <= hi <= self.slices:
-                raise RefocusError(f"keep {lo}:{hi} must satisfy 1 ≤ first ≤ last ≤ slices ({self.slices}).")
+                raise RefocusError(f"keep {lo}:{hi} must satisfy 1 ≤ first ≤ last ≤ slices ({self.slices}); "
+                                   "keep all slices with --keep all (or keep=None).")  # fmt: skip
 
     @property
     def slope_step(self) -> float:

@@ -73,8 +73,10 @@ def _ceil16(n: int) -> int:
 
 def parse_sections(data: bytes, name: str = "LFP data") -> list[Section]:
     """All sections of a container, in file order; RefocusError for a bad magic or a truncated section."""
-    if len(data) < 16 or data[: len(FILE_MAGIC)] != FILE_MAGIC:
+    if data[: len(FILE_MAGIC)] != FILE_MAGIC:
         raise RefocusError(f"{name} is not a Lytro LFP/LFR file (the file magic \\x89LFP is missing).")
+    if len(data) < 16:
+        raise RefocusError(f"{name} ends after {len(data)} bytes, inside the file header: it is truncated.")
     (header_len,) = struct.unpack(">I", data[12:16])
     pos = _ceil16(16 + header_len)
     sections: list[Section] = []
