@@ -272,6 +272,8 @@ def test_shorter_repeats_are_not_taken_for_14_px_lenslets(scene8):
     as 14×14-view light fields of scrambled views."""
     full = eslf_from_views(scene8.views)
     assert looks_like_eslf(full)
+    weak = eslf_from_views(scene8.views, outer_gain=0.8)  # faint vignetting: found by its 14-px repeat alone
+    assert eslf_mod.eslf_evidence(weak)["vignette"] < eslf_mod.VIGNETTE_MIN and looks_like_eslf(weak)
     h, w = full.shape[0] // 2 * 2, full.shape[1] // 2 * 2
     half = full[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
     checker = np.indices((600, 800)).sum(axis=0) % 2 * np.float32(0.5) + np.float32(0.25)

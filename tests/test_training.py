@@ -603,6 +603,7 @@ def test_cli_export_refuses_what_would_break_the_registry(tmp_path, monkeypatch,
         (["-o", str(tmp_path / "run" / "last.pt")], "written as .safetensors"),
         (["-o", str(tmp_path / "run" / "log.csv")], "written as .safetensors"),
         (["-o", str(registry)], "written as .safetensors"),
+        (["-o", "/proc/g1.safetensors"], "cannot write into /proc"),  # found after loading the checkpoint before
     ):
         assert cli_main(["export", run, *args]) == 2, args
         assert message in capsys.readouterr().err, args
@@ -651,6 +652,10 @@ def test_a_run_log_that_is_not_one_is_a_message_on_resume_and_export_goes_on(tmp
     """An overwritten log.csv crashed --resume and export with a UnicodeDecodeError traceback."""
     run = tmp_path / "run"
     train(smoke(steps=2), run, progress=False, stop_after=1, **datasets())
+    log = (run / "log.csv").read_text()
+    (run / "log.csv").write_text(log.splitlines()[0] + "\n1,0,0.5\n1\n")  # the last row cut short
+    with pytest.raises(RefocusError, match="log.csv is not a readable training log"):
+        train(smoke(steps=2), run, resume=True, progress=False, **datasets())
     (run / "log.csv").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(RefocusError, match="log.csv is not a readable training log"):
         train(smoke(steps=2), run, resume=True, progress=False, **datasets())
@@ -689,6 +694,11 @@ def test_cli_refuses_radiance_options_for_a_single_stage_g2(tmp_path, capsys, ar
     code = cli_main(["train", "refocus", "--config", "smoke", "--single-stage", "--out", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err
     assert code == 2 and "no use with --single-stage" in err and not (tmp_path / "o").exists(), err
+    run = tmp_path / "single"  # nor when resuming a single-stage run
+    data = PairDataset("refocus", n=4, channels=3)
+    train(smoke("refocus", steps=2, single_stage=True), run, progress=False, stop_after=1, dataset=data, val_dataset=data)
+    code = cli_main(["train", "refocus", "--resume", "--out", str(run), "--no-progress", *args])
+    assert code == 2 and "no use with --single-stage" in capsys.readouterr().err
 
 
 def test_cli_resume_refuses_another_config_instead_of_ignoring_it(tmp_path, capsys):

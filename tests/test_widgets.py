@@ -808,6 +808,14 @@ def test_turning_delta_after_the_chosen_image_was_deleted_refocuses_nothing_else
     widget._image.value = viewer.layers["mine refocused"]  # picked in the dropdown: turning δ runs on it
     widget._delta.value = 1.0
     assert viewer.layers["mine refocused refocused"].metadata["delta"] == 1.0
+    # the chosen layer deleted again; then the entry the dropdown shows is picked (no value change)
+    viewer.layers.remove(viewer.layers["mine refocused"])
+    assert widget._image.value is other
+    widget._delta.value = 2.0
+    assert viewer.layers["other refocused"].metadata["delta"] == -2.0
+    widget._image.native.activated.emit(widget._image.native.currentIndex())
+    widget._delta.value = 3.0
+    assert viewer.layers["other refocused"].metadata["delta"] == 3.0
     assert notes.errors() == []
 
 
@@ -1080,6 +1088,11 @@ def test_classical_widget_refuses_a_stack_with_no_slice_where_the_viewer_is(view
     viewer.dims.current_step = (5, 0, 0)
     widget._run_button.clicked()
     assert viewer.layers["short sharpen"].metadata["slice"] == [1]
+    # turned across its stack axis, the view is an oblique cut, not one slice (napari only warns)
+    c, s = np.cos(0.3), np.sin(0.3)
+    short.rotate = [[c, 0, -s], [0, 1, 0], [s, 0, c]]
+    widget._run_button.clicked()
+    assert "transformed across its stack axes" in notes.errors()[-1], notes.errors()
 
 
 def test_blur_and_compare_and_focus_stacking_keep_8_and_16_bits_and_alpha(viewer, notes):

@@ -114,6 +114,16 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _refuse_radiance_options_without_radiance(single_stage: bool | None, overrides: dict) -> None:
+    """A single-stage G2 has no radiance input: its radiance options would only be recorded in its card."""
+    if not single_stage:
+        return
+    for name in ("radiance", "true_radiance_share"):
+        if overrides[name] is not None:
+            raise RefocusError(f"--{name.replace('_', '-')} has no use with --single-stage (a G2 without the "
+                               "radiance input)")  # fmt: skip
+
+
 def _config_from_args(args) -> TrainConfig:
     from .train import CHECKPOINT_NAME, load_checkpoint
 
@@ -132,11 +142,6 @@ def _config_from_args(args) -> TrainConfig:
     for name, task in _TASK_OPTIONS.items():  # silently ignored by the other task otherwise
         if overrides[name] is not None and args.task != task:
             raise RefocusError(f"--{name.replace('_', '-')} applies to {task} only, not to {args.task}")
-    if overrides["single_stage"]:  # else recorded in the model card of a G2 that has no radiance input
-        for name in ("radiance", "true_radiance_share"):
-            if overrides[name] is not None:
-                raise RefocusError(f"--{name.replace('_', '-')} has no use with --single-stage (a G2 without the "
-                                   "radiance input)")  # fmt: skip
     if args.resume:
         # the run's own settings, with only what this command line changes
         saved = TrainConfig.from_dict(load_checkpoint(args.out / CHECKPOINT_NAME)["config"])
@@ -146,10 +151,12 @@ def _config_from_args(args) -> TrainConfig:
             raise RefocusError(f"--config {args.config}: the run in {args.out} was made with {saved.name!r}, which "
                                "--resume keeps; give its options (e.g. --steps) to change them")  # fmt: skip
         fields = {**saved.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+        _refuse_radiance_options_without_radiance(fields["single_stage"], overrides)
         if args.epochs is not None and args.steps is None:
             fields["steps"] = None  # the run's steps would win over the --epochs asked for here
         del fields["name"], fields["task"]
         return get_config(saved.name, saved.task, **fields)
+    _refuse_radiance_options_without_radiance(overrides["single_stage"], overrides)
     cfg = get_config(args.config or "cpu", args.task, **overrides)
     kind, g1_path = radiance_source(cfg.radiance)
     if kind != "true" and not Path(g1_path).is_file():

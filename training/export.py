@@ -7,6 +7,7 @@ from pathlib import Path
 
 from napari_refocusgan.core import weights
 from napari_refocusgan.core.errors import RefocusError
+from napari_refocusgan.core.imaging import check_writable
 
 from .train import CHECKPOINT_NAME, LOG_NAME, generator_from_checkpoint, load_checkpoint, read_log_rows
 
@@ -32,10 +33,9 @@ def _check_output(out: Path, given: str | os.PathLike) -> None:
         raise RefocusError(f"{out}: weights are written as .safetensors; name the file so (e.g. {out.stem}.safetensors)")
     if out.exists() and not out.is_file():
         raise RefocusError(f"{out} exists and is not a regular file; write the weights elsewhere")
-    if out.is_file() and not os.access(out, os.W_OK):
-        raise RefocusError(f"{out} is read-only; make it writable or write the weights under another name")
     if not out.parent.is_dir():
         raise RefocusError(f"cannot write {out}: folder {out.parent} does not exist")
+    check_writable(out)  # the folder (weights are written beside the file, then renamed) or a read-only file
 
 
 def _check_registry_use(out: Path, name: str, role: str, registry: bool, registry_path) -> None:

@@ -593,7 +593,10 @@ def read_log_rows(path: Path, up_to_step: int) -> list[dict]:
     (overwritten, truncated mid-row, another file's bytes)."""
     try:
         with open(path, newline="") as f:
-            return [row for row in csv.DictReader(f) if int(row["step"]) <= up_to_step]
+            rows = [row for row in csv.DictReader(f) if int(row["step"]) <= up_to_step]
+        for row in rows:
+            float(row["time_s"])  # a row cut short has none
+        return rows
     except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
         raise RefocusError(f"{path} is not a readable training log ({type(exc).__name__}: {exc}); move it away "
                            "and the run starts a new one") from None  # fmt: skip

@@ -16,8 +16,13 @@ from ..core.classical import MAX_RADIUS as MAX_SHARPEN_RADIUS
 from ..core.errors import RefocusError
 from ..core.focalstack import CancelFn, ProgressFn
 from ..core.focus import FOCUS_MEASURES
-from ..core.focus_stacking import DEFAULT_BLEND_SIGMA, DEFAULT_MEASURES, DEFAULT_WINDOW, all_in_focus, stack_layout
-from ..core.imaging import from_float
+from ..core.focus_stacking import (
+    DEFAULT_BLEND_SIGMA,
+    DEFAULT_MEASURES,
+    DEFAULT_WINDOW,
+    all_in_focus_image,
+    stack_layout,
+)
 from .layer_io import (
     OutputLayers,
     chosen_layer,
@@ -243,11 +248,9 @@ class FocusStackingWidget(Container):
         def task(progress: ProgressFn, cancel: CancelFn):
             if not measures:
                 raise RefocusError("choose at least one focus measure.")
-            stack = read()
-            aif, depth = all_in_focus(
-                stack, measures=measures, window=window, blend_sigma=blend, rgb=rgb, progress=progress, cancel=cancel
+            return all_in_focus_image(  # 8 and 16 bits stay, as on the command line
+                read(), measures=measures, window=window, blend_sigma=blend, rgb=rgb, progress=progress, cancel=cancel
             )
-            return from_float(aif, stack.dtype), depth  # 8 and 16 bits stay, as on the command line
 
         def show(result) -> None:
             aif, depth = result

@@ -60,6 +60,8 @@ def _note_a_lost_choice(combo: ComboBox) -> None:
             _LOST_CHOICE.discard(combo)
 
     combo.changed.connect(on_changed)
+    # a pick of the entry already shown changes no value: Qt's `activated` still reports the user's choice
+    combo.native.activated.connect(lambda *_: _LOST_CHOICE.discard(combo))
     reset = combo.reset_choices
 
     def reset_noting_a_lost_choice(*args: Any) -> None:
@@ -213,7 +215,14 @@ def displayed_image(viewer, layer: Image) -> tuple[Callable[[], np.ndarray], tup
             f"layer {layer.name!r} is a stack: this tool takes the slice on screen, which needs the 2-D view of "
             "its last two axes (toggle 2D/3D, and roll or transpose the axes back)."
         )
-    position = layer.world_to_data(dims.point[-layer.ndim :])
+    point = np.asarray(dims.point[-layer.ndim :], dtype=float)
+    position = layer.world_to_data(point)
+    across = layer.world_to_data(point + np.r_[np.zeros(lead), 1.0, 1.0])  # another spot of the same view
+    if not np.allclose(across[:lead], position[:lead], atol=1e-6):
+        raise RefocusError(
+            f"layer {layer.name!r} is rotated, sheared or transformed across its stack axes: the view cuts through "
+            "several of its slices, so there is no one slice on screen to take. Reset its rotate/shear/affine."
+        )
     index = tuple(int(np.round(p)) for p in position[:lead])
     shape = layer.data.shape[:lead]
     outside = [k for k, (i, n) in enumerate(zip(index, shape)) if not 0 <= i < n]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from ..core import blur_compare as bc
 from ..core import classical
 from ..core import focus_stacking as fs
@@ -13,7 +11,6 @@ from ..core.errors import RefocusError
 from ..core.focus import FOCUS_MEASURES, SMLParams
 from ..core.imaging import (
     check_output_path,
-    from_float,
     image_slices,
     read_image,
     store_slice,
@@ -158,11 +155,10 @@ def cmd_all_in_focus(args: argparse.Namespace) -> int:
     if not measures:
         raise RefocusError("--measures is empty; name at least one focus measure.")
     fs.stack_layout(stack.shape, False if args.gray else None)  # before the output checks, which assume a stack
-    dtype = stack.dtype if stack.dtype in (np.uint8, np.uint16) else np.float32
-    out_path = check_output_path(args.out, dtype=dtype, shape=stack.shape[1:], inputs=(args.stack,))
+    out_path = check_output_path(args.out, dtype=fs.output_dtype(stack.dtype), shape=stack.shape[1:], inputs=(args.stack,))
     if args.depth:
         check_output_path(args.depth, inputs=(args.stack, out_path), float_data=True)
-    aif, depth = fs.all_in_focus(
+    aif, depth = fs.all_in_focus_image(
         stack,
         measures=measures,
         window=args.window,
@@ -170,7 +166,7 @@ def cmd_all_in_focus(args: argparse.Namespace) -> int:
         rgb=False if args.gray else None,
         device=pick_device(args.device),
     )
-    path = write_image(out_path, from_float(aif, dtype))
+    path = write_image(out_path, aif)
     print(f"wrote {path}: all-in-focus of {stack.shape[0]} slices, {aif.shape}")
     if args.depth:
         print(f"wrote {write_image(args.depth, depth)}: depth index 0..{stack.shape[0] - 1}")

@@ -23,7 +23,7 @@ from .blur_compare import gaussian_blur_torch
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn
 from .focus import FOCUS_MEASURES, _gray_torch
-from .imaging import to_float
+from .imaging import from_float, native_8bit, to_float
 
 DEFAULT_MEASURES = ("sml", "tenengrad", "laplacian_variance", "gradient_energy")
 DEFAULT_WINDOW = 9
@@ -162,3 +162,17 @@ def all_in_focus(
     if not rgb:
         aif_np = aif_np[..., 0]
     return np.ascontiguousarray(np.clip(aif_np, 0, 1), dtype=np.float32), depth.cpu().numpy().astype(np.float32)
+
+
+def output_dtype(stack_dtype) -> np.dtype:
+    """The dtype an all-in-focus image is given back in: 8 and 16 bits stay (a bool mask's is 8-bit 0/255, as
+    it is read), anything else float32."""
+    dtype = native_8bit(np.zeros(0, stack_dtype)).dtype.newbyteorder("=")
+    return dtype if dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
+
+
+def all_in_focus_image(stack: np.ndarray, **options) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`all_in_focus` (``options`` are its keywords) with the image in :func:`output_dtype` of the stack's:
+    what the command line writes and the widget shows. The depth index stays float32."""
+    aif, depth = all_in_focus(native_8bit(np.asarray(stack)), **options)
+    return from_float(aif, output_dtype(np.asarray(stack).dtype)), depth

@@ -311,10 +311,7 @@ def check_output_path(
         raise RefocusError(f"output {out} is a folder; give a file name.")
     if any(i is not None and Path(i).resolve() == out.resolve() for i in inputs):
         raise RefocusError(f"output {out} is an input file or another output; write the result under another name.")
-    existing = nearest_existing(out.parent)  # write_image makes the missing folders
-    if not existing.is_dir():
-        raise RefocusError(f"output {out}: {existing} is a file, not a folder.")
-    _check_writable(out, existing)
+    check_writable(out)
     if suffix in TIFF_SUFFIXES:
         return out
     if float_data:
@@ -331,10 +328,15 @@ def check_output_path(
     return out
 
 
-def _check_writable(out: Path, folder: Path) -> None:
-    """Refuse an output that cannot be written, before the work rather than after it: a new file needs a
-    writable ``folder`` (the nearest existing one); an existing file must be writable itself, as for ``cp``
-    (:func:`write_image` then writes beside it and renames, or in place in a read-only folder)."""
+def check_writable(path: str | Path) -> None:
+    """Refuse an output file that cannot be written, before the work rather than after it: a new file needs
+    a writable folder (the nearest existing one: missing folders are made); an existing file must be
+    writable itself, as for ``cp`` (:func:`write_image` then writes beside it and renames, or in place in a
+    read-only folder)."""
+    out = Path(path)
+    folder = nearest_existing(out.parent)
+    if not folder.is_dir():
+        raise RefocusError(f"output {out}: {folder} is a file, not a folder.")
     target = Path(os.path.realpath(out))  # write_image writes beside the file a symlink points to
     if target.is_file():
         if os.access(target, os.W_OK):
