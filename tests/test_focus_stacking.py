@@ -286,3 +286,20 @@ def test_cli_all_in_focus_float_stack_and_errors(tmp_path, capsys):
     assert main(["all-in-focus", str(flat), "-o", str(tmp_path / "aif.png")]) == 2
     assert "a focal stack must be (slices, H, W)" in capsys.readouterr().err
     assert main(["all-in-focus", str(src), "-o", str(out), "--measures", "nope"]) == 2
+
+
+def test_all_in_focus_image_keeps_8_and_16_bits_and_takes_bool_masks_as_8_bit():
+    """One rule for the widget and the command line (the widget gave a bool stack back as float)."""
+    from napari_refocusgan.core.focus_stacking import all_in_focus_image
+    from napari_refocusgan.core.imaging import from_float
+
+    rng = np.random.default_rng(21)
+    mask = rng.random((3, 24, 24)) > 0.5
+    image, _ = all_in_focus_image(mask)
+    assert image.dtype == np.uint8
+    np.testing.assert_array_equal(image, all_in_focus_image(mask.astype(np.uint8) * 255)[0])
+    deep = from_float(rng.random((3, 24, 24)), np.uint16).astype(">u2")  # big-endian comes back native
+    image, depth = all_in_focus_image(deep)
+    assert image.dtype == np.uint16 and image.dtype.isnative and depth.dtype == np.float32
+    np.testing.assert_array_equal(image, from_float(all_in_focus(deep.astype(np.uint16))[0], np.uint16))
+    assert all_in_focus_image(rng.random((3, 24, 24)))[0].dtype == np.float32
