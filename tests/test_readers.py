@@ -668,7 +668,7 @@ def test_reader_claims_unreadable_lytro_files_to_say_what_is_wrong(tmp_path):
         reader(str(cut))
 
 
-def test_reader_claims_images_named_as_eslf_to_say_what_is_wrong(tmp_path):
+def test_reader_claims_images_named_as_eslf_to_say_what_is_wrong(tmp_path, monkeypatch):
     """A `*_eslf.png` too small for 14×14 lenslets was declined: napari said only "refused the file"."""
     small = tmp_path / "tiny_eslf.png"
     iio.imwrite(small, np.zeros((140, 140, 3), np.uint8))
@@ -676,6 +676,13 @@ def test_reader_claims_images_named_as_eslf_to_say_what_is_wrong(tmp_path):
     assert reader is read_lightfield_layers
     with pytest.raises(RefocusError, match="140×140 pixels"):
         reader(str(small))
+    # recognised by its name: decoded once, to read it, not also to recognise it
+    calls = []
+    decode = eslf_mod.decode_lenslet_image
+    monkeypatch.setattr(eslf_mod, "decode_lenslet_image", lambda path: calls.append(path) or decode(path))
+    big = tmp_path / "noise_eslf.png"
+    iio.imwrite(big, np.random.default_rng(2).integers(0, 255, (240, 240, 3), dtype=np.uint8))
+    assert napari_get_reader(str(big)) is read_lightfield_layers and calls == []
     plain = tmp_path / "tiny.png"  # the same image without the name is not ours
     iio.imwrite(plain, np.zeros((140, 140, 3), np.uint8))
     assert napari_get_reader(str(plain)) is None

@@ -28,7 +28,8 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDa
     """The reader for ``path`` (or a list of paths, all of one recognised format), else None. Never raises."""
     try:
         paths = _as_paths(path)
-        if not paths or any((detect_format(p) or _claimed_by_name(p)) is None for p in paths):
+        # by name first: an ESLF named so is decoded once, by the reader, not also here to recognise it
+        if not paths or any((_claimed_by_name(p) or detect_format(p)) is None for p in paths):
             return None
         return read_lightfield_layers
     except Exception:  # napari asks every plugin about every path; a failure here must not surface
