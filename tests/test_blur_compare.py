@@ -269,15 +269,25 @@ def test_cli_blur_compare_bad_options_are_messages(tmp_path, capsys, extra, mess
     assert not (tmp_path / "o.png").exists()
 
 
-def test_colour_image_with_a_gray_radiance_gives_torch_no_read_only_array():
+def test_a_gray_image_with_a_colour_radiance_gives_torch_no_read_only_array():
     """The colour side reached torch as a read-only broadcast view: a UserWarning on every such run."""
     import warnings
 
     sharp = np.random.default_rng(8).random((24, 28, 3)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = blur_and_compare(sharp, sharp.mean(axis=-1))
-    assert result.refocused.shape == (24, 28, 3)
+        result = blur_and_compare(sharp.mean(axis=-1), sharp)
+    assert result.refocused.shape == (24, 28)
+
+
+def test_a_colour_image_with_a_gray_radiance_is_refused():
+    """The result is the re-blurred radiance: the image's colour was silently dropped."""
+    from napari_refocusgan.core.blur_compare import blur_and_compare_image
+
+    sharp = np.random.default_rng(8).random((24, 28, 3)).astype(np.float32)
+    for run in (blur_and_compare, blur_and_compare_image):
+        with pytest.raises(RefocusError, match="radiance is grayscale but the image is in colour"):
+            run(sharp, sharp.mean(axis=-1))
 
 
 def test_blur_and_compare_image_gives_the_result_back_as_the_input_came():
@@ -296,3 +306,12 @@ def test_blur_and_compare_image_gives_the_result_back_as_the_input_came():
     np.testing.assert_array_equal(result.refocused[..., :3], from_float(expected, np.uint8))
     with pytest.raises(RefocusError, match="layer 'r' has shape"):
         blur_and_compare_image(sharp, np.zeros((32, 32, 2), np.float32), names=("i", "layer 'r'"))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"patch": 6.5}, "patch must be a whole number"),
+                                                 ({"sigma_max": True}, "sigma_max must be a number")])
+def test_blur_and_compare_settings_of_the_wrong_type_are_named(kwargs, message):
+    """patch 6.5 passed the odd test; sigma_max=True failed inside torch."""
+    img = np.random.default_rng(3).random((24, 24)).astype(np.float32)
+    with pytest.raises(RefocusError, match=message):
+        blur_and_compare(img, img, **kwargs)

@@ -1,5 +1,7 @@
 """Shift-and-sum convention: a plane at disparity d is sharpest at slope d."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +156,20 @@ def test_parse_keep():
     assert parse_keep("auto") == "auto"
     with pytest.raises(RefocusError):
         parse_keep("6-15")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"slices": 30.5}, "slices must be a whole number"),  # gave other slopes without a word
+        ({"views": 7.0}, "views must be a whole number"),
+        ({"views": True}, "views must be a whole number"),
+        ({"s_max": "1.5"}, "s_max must be a finite number"),
+        ({"keep": (6.0, 15.0)}, "keep's slice numbers must be a whole number"),
+        ({"keep": "6:15"}, "parse_keep"),
+        ({"keep": 6}, "(first, last) pair"),
+    ],
+)
+def test_stack_config_fields_of_the_wrong_type_are_named(fields, message):
+    with pytest.raises(RefocusError, match=re.escape(message)):
+        StackConfig(**fields).check()

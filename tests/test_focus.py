@@ -94,3 +94,18 @@ def test_input_not_modified():
     before = img.copy()
     sml(img)
     np.testing.assert_array_equal(img, before)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"window": 8.5}, "SML window must be a whole number"),  # passed as odd and gave another map
+        ({"window": True}, "SML window must be a whole number"),
+        ({"step": 2.0}, "SML step must be a whole number"),
+        ({"threshold": "0.01"}, "SML threshold must be a finite number"),
+        ({"threshold": None}, "SML threshold must be a finite number"),
+    ],
+)
+def test_sml_params_of_the_wrong_type_are_named(fields, message):
+    with pytest.raises(RefocusError, match=message):
+        SMLParams(**fields).check()

@@ -282,3 +282,19 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
     with pytest.raises(RefocusError, match="cannot write into /proc"):
         check_output_path("/proc/result.png", shape=(8, 8))  # root may write almost anywhere, but not here
     check_output_path(tmp_path / "new" / "result.png", shape=(8, 8))  # a folder to be made under a writable one is fine
+
+
+def test_write_image_refuses_what_it_would_write_wrongly(tmp_path):
+    """int64 and 0..255 float data came out of a PNG as two grey levels, and an unknown suffix got a TIFF."""
+    counts = np.arange(100).reshape(10, 10)
+    for image, name, message in (
+        (counts, "a.png", "cannot write int64 data to a.png"),
+        (counts.astype(np.float64) * 2.5, "b.png", "values 0…247.5; float images must hold intensities in"),
+        (np.full((4, 4), np.nan, np.float32), "c.jpg", "NaN"),
+        (np.zeros((4, 4), np.uint8), "d.bmpx", "must end in one of"),
+    ):
+        with pytest.raises(RefocusError, match=message):
+            write_image(tmp_path / name, image)
+        assert not (tmp_path / name).exists()
+    np.testing.assert_array_equal(read_image(write_image(tmp_path / "counts.tif", counts)), counts)  # TIFF keeps it
+    np.testing.assert_array_equal(read_image(write_image(tmp_path / "mask.png", counts > 50)), (counts > 50) * 255)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from napari_refocusgan.core import inference
 from napari_refocusgan.core.errors import RefocusError
-from napari_refocusgan.core.focalstack import Cancelled
+from napari_refocusgan.core.focalstack import Cancelled, StackConfig
 from napari_refocusgan.core.focus import SMLParams, focus_channel
 from napari_refocusgan.core.inference import (
     _axis_plan,
@@ -230,6 +230,33 @@ def test_tiled_output_equals_untiled(cfg):
     assert np.abs(tiled - whole).mean() < 1e-5  # exact up to float rounding (0.5/255 is the requirement)
     naive = run(tile=64, margin=0)  # no context at all: tiles visibly disagree
     assert np.abs(naive - whole).mean() > 1e-3
+
+
+def test_threads_sharing_one_model_get_the_results_of_calls_one_at_a_time():
+    """A tiled run fixes the norms' statistics on the shared generator: a second thread's run crashed (an
+    internal _Stop) or came back up to 8/255 off."""
+    import threading
+
+    g = make(deblur_config(ngf=6, n_blocks=1), seed=8)
+    images = [textured(96, 96, seed=s) for s in (9, 10)]
+    expected = [deblur(img, g, tile=32) for img in images]
+    results, errors = [None, None], []
+
+    def work(k):
+        try:
+            for _ in range(3):
+                results[k] = deblur(images[k], g, tile=32)
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_margin_is_the_receptive_field_and_tiles_fit_the_stride_grid():
@@ -462,3 +489,49 @@ def test_images_too_large_for_the_delta_cache_give_the_same_output(monkeypatch):
     inf._delta_cache.clear()
     np.testing.assert_allclose(refocus(img, 2.5, g, radiance=rad, tile=0), cached, atol=1e-6)
     assert not inf._delta_cache  # nothing kept for a large image
+
+
+def test_callbacks_that_are_not_functions_are_named_before_any_work(g1):
+    """A bool cancel or a number as progress failed at the first check, in words that named neither."""
+    import threading
+
+    from napari_refocusgan.core.blur_compare import blur_and_compare
+    from napari_refocusgan.core.focus_stacking import all_in_focus
+
+    img = textured(32, 32, seed=3)
+    for kwargs, message in (({"progress": 5}, "progress must be a function"),
+                            ({"cancel": True}, "cancel must be a function"),
+                            ({"cancel": threading.Event()}, "pass its is_set")):  # fmt: skip
+        for run in (lambda **kw: deblur(img, g1, **kw), lambda **kw: blur_and_compare(img, img, **kw),
+                    lambda **kw: all_in_focus(np.stack([img, img]), **kw)):  # fmt: skip
+            with pytest.raises(RefocusError, match=message):
+                run(**kwargs)
+
+
+def test_every_core_function_reads_device_names_the_same_way():
+    """Only deblur/refocus took 'CPU' or 'auto'; the others handed the name to torch (a RuntimeError listing
+    torch's device types, or an AssertionError for an absent CUDA), and 'meta' weights failed later."""
+    import torch
+
+    from napari_refocusgan.core.blur_compare import blur_and_compare
+    from napari_refocusgan.core.focalstack import focal_stack
+    from napari_refocusgan.core.focus import sml
+    from napari_refocusgan.core.focus_stacking import all_in_focus
+    from napari_refocusgan.core.weights import load_generator
+
+    img = textured(24, 24, seed=4)
+    views = np.broadcast_to(img, (3, 3, 24, 24, 3))
+    calls = {
+        "sml": lambda d: sml(img, device=d),
+        "focal_stack": lambda d: focal_stack(views, StackConfig(views=3, keep=None), device=d),
+        "blur_and_compare": lambda d: blur_and_compare(img, img, device=d),
+        "all_in_focus": lambda d: all_in_focus(np.stack([img, img]), device=d),
+        "load_generator": lambda d: load_generator("deblur", d),
+    }
+    for name, call in calls.items():
+        call("CPU")
+        call(torch.device("cpu"))
+        bad = ["meta", 1] + ([] if torch.cuda.is_available() else ["cuda"])
+        for device in bad:
+            with pytest.raises(RefocusError, match="device"):
+                call(device)

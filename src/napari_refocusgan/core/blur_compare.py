@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import RefocusError
-from .focalstack import CancelFn, Cancelled, ProgressFn
+from .devices import pick_device
+from .errors import RefocusError, check_whole
+from .focalstack import CancelFn, Cancelled, ProgressFn, check_callbacks
 from .focus import box_mean_torch
 from .imaging import as_rgb, to_float
 
@@ -145,6 +146,14 @@ def _as_chw(image: np.ndarray, name: str) -> np.ndarray:
     raise RefocusError(f"{name} has shape {arr.shape}; expected a gray (H, W) or colour (H, W, 3|4) image.")
 
 
+def _check_radiance_colour(*, image_gray: bool, radiance_gray: bool) -> None:
+    """The result is the re-blurred radiance: a gray one would silently drop a colour image's colour (refocus
+    refuses the same pair)."""
+    if radiance_gray and not image_gray:
+        raise RefocusError("the radiance is grayscale but the image is in colour: the result (the re-blurred "
+                           "radiance) would lose the colour; use a colour radiance of the same scene.")  # fmt: skip
+
+
 def _check_radii(radii, kernel: str) -> np.ndarray:
     try:
         r = np.asarray(DEFAULT_RADII[kernel] if radii is None else radii, dtype=np.float64).ravel()
@@ -220,8 +229,11 @@ def blur_and_compare(
     layout; alpha is not carried) and the σ map. ``progress`` counts blur levels; ``cancel`` is checked
     before each.
     """
+    check_callbacks(progress, cancel)
+    device = pick_device(device)
     if kernel not in KERNELS:
         raise RefocusError(f"unknown blur kernel {kernel!r}; choose one of {', '.join(KERNELS)}.")
+    check_whole(patch, "patch")
     if patch < 1 or patch % 2 == 0:
         raise RefocusError(f"patch must be a positive odd number of pixels, got {patch}.")
     levels = _check_radii(radii, kernel)
@@ -232,11 +244,13 @@ def blur_and_compare(
             f"input image is {src.shape[1]}×{src.shape[2]} but the radiance is "
             f"{rad.shape[1]}×{rad.shape[2]}; they must be the same size."
         )
-    if src.shape[0] != rad.shape[0]:  # one gray, one colour: compare in colour
+    _check_radiance_colour(image_gray=src.shape[0] == 1, radiance_gray=rad.shape[0] == 1)
+    if src.shape[0] != rad.shape[0]:  # a gray image, a colour radiance: compare in colour
         # repeat only the gray one: a broadcast view of the colour one would reach torch read-only
         src, rad = (np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in (src, rad))
     if sigma_max is not None and not (
-        isinstance(sigma_max, (int, float, np.number)) and math.isfinite(sigma_max) and 0 <= sigma_max <= MAX_RADIUS
+        isinstance(sigma_max, (int, float, np.number)) and not isinstance(sigma_max, bool)
+        and math.isfinite(sigma_max) and 0 <= sigma_max <= MAX_RADIUS
     ):
         raise RefocusError(f"sigma_max must be a number in 0…{MAX_RADIUS:g} px, got {sigma_max!r}.")
 
@@ -305,5 +319,6 @@ def blur_and_compare_image(
     came: gray stays gray, RGBA keeps its alpha, 8 and 16 bits stay. What the command line writes and the
     widget shows. ``names`` name the two images in error messages."""
     img, rad = as_rgb(image, name=names[0]), as_rgb(radiance, name=names[1])
+    _check_radiance_colour(image_gray=img.was_gray, radiance_gray=rad.was_gray)
     result = blur_and_compare(img.rgb, rad.rgb, **options)
     return replace(result, refocused=img.restore(result.refocused))

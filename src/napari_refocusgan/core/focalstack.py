@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import RefocusError
+from .devices import pick_device
+from .errors import RefocusError, check_real, check_whole
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
 CancelFn = Callable[[], bool]  # True when the user asked to stop
@@ -42,6 +43,17 @@ class StackConfig:
     keep: tuple[int, int] | None = (6, 15)  # 1-based inclusive; None keeps all slices
 
     def check(self) -> None:
+        check_whole(self.views, "views")
+        check_whole(self.slices, "slices")
+        check_real(self.s_max, "s_max")
+        if self.keep is not None:
+            if isinstance(self.keep, str):
+                raise RefocusError(f"keep must be a (first, last) pair of slice numbers or None, got {self.keep!r}; "
+                                   "parse_keep turns text like '6:15' into one; for 'auto' pass keep_auto=True.")  # fmt: skip
+            if not (isinstance(self.keep, (tuple, list)) and len(self.keep) == 2):
+                raise RefocusError(f"keep must be a (first, last) pair of slice numbers or None, got {self.keep!r}.")
+            for value in self.keep:
+                check_whole(value, "keep's slice numbers")
         if self.views < 2:
             raise RefocusError(f"views must be ≥ 2 (one view gives identical slices), got {self.views}.")
         if self.slices < 2:
@@ -78,6 +90,15 @@ class StackConfig:
                 f"a focal stack needs a grid of at least 2×2 views; this light field has {grid[0]}×{grid[1]}."
             )
         return replace(self, views=min(self.views, *grid))
+
+
+def check_callbacks(progress, cancel) -> None:
+    """``progress(done, total)`` and ``cancel()`` must be functions or None: a bool or a threading.Event
+    failed only at the first check, in words that named neither."""
+    for value, name in ((progress, "progress"), (cancel, "cancel")):
+        if value is not None and not callable(value):
+            hint = " (for a threading.Event, pass its is_set)" if name == "cancel" else ""
+            raise RefocusError(f"{name} must be a function or None, got {value!r}{hint}.")
 
 
 def parse_keep(text: str) -> tuple[int, int] | None | str:
@@ -139,6 +160,8 @@ def shift_and_sum(
     once (one pass over the views instead of one per slope and tap), the y pass is depthwise over slopes.
     ``progress`` counts (row band × slope group) units; ``cancel`` is checked before each.
     """
+    check_callbacks(progress, cancel)
+    device = pick_device(device)
     v = _as_tensor(views, device)
     if v.ndim != 5:
         raise RefocusError(f"views must be (rows, cols, H, W, channels); got shape {tuple(v.shape)}.")

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import RefocusError
+from .devices import pick_device
+from .errors import RefocusError, check_real, check_whole
 from .imaging import LUMA_WEIGHTS, to_float
 
 
@@ -27,6 +28,9 @@ class SMLParams:
     threshold: float = 0.005
 
     def check(self) -> None:
+        check_whole(self.step, "SML step")
+        check_whole(self.window, "SML window")
+        check_real(self.threshold, "SML threshold")
         if self.step < 1:
             raise RefocusError(f"SML step must be ≥ 1, got {self.step}.")
         if self.window < 1 or self.window % 2 == 0:
@@ -93,6 +97,7 @@ def sml(
     ``rgb``: whether the last axis is colour; guessed (last axis of length 3 or 4 with ndim ≥ 3) when None.
     Returns float32 (..., H, W), one map per 2-D slice.
     """
+    device = pick_device(device)
     arr = np.asarray(image)
     if rgb is not False and arr.ndim >= 3 and arr.shape[-1] == 1:
         arr, rgb = arr[..., 0], False  # (…, H, W, 1): one gray channel, as the other tools read it

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from .blur_compare import gaussian_blur_torch
+from .devices import pick_device
 from .errors import RefocusError
-from .focalstack import CancelFn, Cancelled, ProgressFn
+from .focalstack import CancelFn, Cancelled, ProgressFn, check_callbacks
 from .focus import FOCUS_MEASURES, _gray_torch
 from .imaging import from_float, native_8bit, to_float
 
@@ -120,6 +121,8 @@ def all_in_focus(
     Returns (all-in-focus float32 (H, W[, C]), depth index float32 (H, W): 0-based sharpest slice, fractional
     by parabolic refinement). ``progress`` counts measure evaluations plus one blending step.
     """
+    check_callbacks(progress, cancel)
+    device = pick_device(device)
     rgb = stack_layout(np.shape(stack), rgb)
     if isinstance(measures, str):
         measures = [measures]  # one name, not a sequence of letters

@@ -358,7 +358,8 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     made beside it (a read-only folder), it is written in place.
     """
     path = Path(path)
-    image = native_byte_order(np.asarray(image))
+    image = native_8bit(np.asarray(image))
+    _check_writable_data(path, image)
     path.parent.mkdir(parents=True, exist_ok=True)
     target = Path(os.path.realpath(path))
     try:
@@ -377,6 +378,22 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
         with contextlib.suppress(OSError):
             partial.unlink()
     return path
+
+
+def _check_writable_data(path: Path, image: np.ndarray) -> None:
+    """What :func:`write_image` refuses rather than write wrongly: a suffix it has no writer for (it would
+    have written TIFF under any name), and for 8/16-bit formats integers it cannot scale (int32, int64) or
+    floats outside [0, 1] (0..255 floats were clipped to nearly all white)."""
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise RefocusError(f"output {path} must end in one of {', '.join(OUTPUT_SUFFIXES)}.")
+    if suffix in TIFF_SUFFIXES or image.dtype in (np.uint8, np.uint16):
+        return
+    if image.dtype.kind == "f":
+        check_float_range(image, name=f"the image for {path.name}")
+    else:
+        raise RefocusError(f"cannot write {image.dtype} data to {path.name}: {suffix} holds uint8 or uint16; "
+                           "convert it, or pass floats in [0, 1] (written as 8 bits), or write .tif.")  # fmt: skip
 
 
 def _new_partial_file(target: Path, suffix: str) -> Path:

@@ -25,9 +25,9 @@ Cost: about 2.5 untiled forwards plus the margins; memory: one tile's activation
 Statistics that are merely estimated (one pass with per-tile statistics, then iterating) do not
 converge: errors grow from layer to layer before the last layer is right.
 
-A generator serves one call at a time: a run switches it to eval mode, moves it to the device and fixes
-its InstanceNorm statistics while tiling. Mode and statistics are restored afterwards; the device and the
-run's memory layout stay (channels_last on CUDA; on the CPU after the encoder, or throughout when tiled;
+A generator serves one call at a time (calls from several threads wait for each other): a run switches it
+to eval mode, moves it to the device and fixes its InstanceNorm statistics while tiling. Mode and
+statistics are restored afterwards; the device and the run's memory layout stay (channels_last on CUDA; on the CPU after the encoder, or throughout when tiled;
 see ``_set_memory_layout``).
 
 Tile windows start on multiples of 4 (the stride-2 grid) and tiles at the image edge keep the image's
@@ -40,7 +40,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -49,8 +51,9 @@ import numpy as np
 import torch
 
 from .blur_compare import gaussian_kernel1d
+from .devices import available_devices, pick_device  # noqa: F401 - the widgets and CLI import them from here
 from .errors import RefocusError
-from .focalstack import CancelFn, Cancelled, ProgressFn
+from .focalstack import CancelFn, Cancelled, ProgressFn, check_callbacks
 from .focus import SMLParams, focus_channel
 from .imaging import as_rgb, image_slices, store_slice
 from .networks import Generator, GeneratorConfig, InstanceNorm
@@ -70,38 +73,6 @@ Model = Generator | LoadedModel
 
 
 # --------------------------------------------------------------------------------------------- devices
-
-
-def available_devices() -> list[str]:
-    """Devices torch can use here, best first: ``cuda:N``…, ``mps``, ``cpu``."""
-    found = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found.append("mps")
-    return found + ["cpu"]
-
-
-def pick_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None): CUDA, then Apple MPS, then CPU. Otherwise the named device, which must exist."""
-    if isinstance(name, torch.device):
-        name = str(name)
-    name = (name or "auto").strip().lower()
-    available = available_devices()
-    if name == "auto":
-        return torch.device("cuda" if available[0].startswith("cuda") else available[0])
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise RefocusError(f"unknown device {name!r}; choose auto or one of: {', '.join(available)}.") from exc
-    if device.type == "cuda":
-        index = device.index or 0
-        if f"cuda:{index}" not in available:
-            raise RefocusError(f"device {name!r} is not available here; available: {', '.join(available)}.")
-    elif device.type == "mps" and "mps" not in available:
-        raise RefocusError(f"device 'mps' is not available here; available: {', '.join(available)}.")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise RefocusError(f"unsupported device {name!r}; choose auto or one of: {', '.join(available)}.")
-    return device
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -180,6 +151,7 @@ def _round4(n: float) -> int:
 
 class _Progress:
     def __init__(self, callback: ProgressFn | None, cancel: CancelFn | None, total: int):
+        check_callbacks(callback, cancel)
         self.callback, self.cancel, self.total, self.done = callback, cancel, max(1, total), 0
 
     def check(self) -> None:
@@ -240,32 +212,44 @@ def _set_memory_layout(generator: Generator, channels_last: bool, after_encoder:
         part.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
+# One lock per generator: a run changes its mode, device, layout and (tiled) norm statistics, so two threads
+# sharing one loaded model would corrupt each other's results.
+_RUN_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_RUN_LOCKS_GUARD = threading.Lock()
+
+
+def _run_lock(generator: Generator) -> threading.RLock:
+    with _RUN_LOCKS_GUARD:
+        return _RUN_LOCKS.setdefault(generator, threading.RLock())
+
+
 @contextmanager
 def _prepared(
     generator: Generator, settings: RunSettings, hw: tuple[int, int]
 ) -> Iterator[tuple[torch.device, torch.dtype | None, bool]]:
-    """Eval mode on the device and in the memory layout for a run on (H, W) slices; yields the device, the
-    autocast dtype and whether the run is channels_last. The caller's train/eval mode and norms are
-    restored after, the device and memory layout are not (see below)."""
-    device = settings.device or next(generator.parameters()).device
-    autocast = _autocast_dtype(device, settings.precision)
-    if autocast is torch.bfloat16 and not bf16_is_native(device):
-        warnings.warn(f"bf16 has no fast path on this {device.type}: expect it to be many times slower than fp32.",
-                      RuntimeWarning, stacklevel=4)  # fmt: skip
-    was_training = generator.training
-    generator.eval().to(device)
-    tiled = settings.tile_for(_ceil4(hw[0]), _ceil4(hw[1]), generator.cfg) is not None
-    channels_last = _channels_last(device, tiled)
-    # left so afterwards, as the device is: converting back at every call would give the weights new
-    # storage each time, and the δ cache (keyed on the encoder weights' storage) would never hit
-    _set_memory_layout(generator, channels_last, _channels_last_after_encoder(device, channels_last))
-    try:
-        yield device, autocast, channels_last
-    finally:
-        for m in generator.modules():
-            if isinstance(m, InstanceNorm):
-                m.fixed_stats = None
-        generator.train(was_training)
+    """Eval mode on the device and in the memory layout for a run on (H, W) slices, the generator held by
+    this thread; yields the device, the autocast dtype and whether the run is channels_last. The caller's
+    train/eval mode and norms are restored after, the device and memory layout are not (see below)."""
+    with _run_lock(generator):
+        device = settings.device or next(generator.parameters()).device
+        autocast = _autocast_dtype(device, settings.precision)
+        if autocast is torch.bfloat16 and not bf16_is_native(device):
+            warnings.warn(f"bf16 has no fast path on this {device.type}: expect it to be many times slower than "
+                          "fp32.", RuntimeWarning, stacklevel=4)  # fmt: skip
+        was_training = generator.training
+        generator.eval().to(device)
+        tiled = settings.tile_for(_ceil4(hw[0]), _ceil4(hw[1]), generator.cfg) is not None
+        channels_last = _channels_last(device, tiled)
+        # left so afterwards, as the device is: converting back at every call would give the weights new
+        # storage each time, and the δ cache (keyed on the encoder weights' storage) would never hit
+        _set_memory_layout(generator, channels_last, _channels_last_after_encoder(device, channels_last))
+        try:
+            yield device, autocast, channels_last
+        finally:
+            for m in generator.modules():
+                if isinstance(m, InstanceNorm):
+                    m.fixed_stats = None
+            generator.train(was_training)
 
 
 def check_delta(model: Model, delta: float) -> float:

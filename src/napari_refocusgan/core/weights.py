@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import pick_device
 from .errors import RefocusError
 from .focus import SMLParams
 from .networks import Generator, GeneratorConfig
@@ -352,6 +353,8 @@ def load_generator(
     when that entry is about to be replaced).
     """
     from safetensors import SafetensorError, safe_open
+
+    device = pick_device(device)  # before the file is read: a bad device costs nothing
 
     if role is not None and role not in ROLES:
         raise RefocusError(f"role must be one of {', '.join(ROLES)}, got {role!r}.")
