@@ -109,3 +109,17 @@ def test_input_not_modified():
 def test_sml_params_of_the_wrong_type_are_named(fields, message):
     with pytest.raises(RefocusError, match=message):
         SMLParams(**fields).check()
+
+
+def test_torch_focus_measures_refuse_what_they_would_get_wrong():
+    """A uint8 tensor came back all zeros (luma weights cast to uint8); (C, H, W) gave a wrongly shaped map."""
+    from napari_refocusgan.core.focus import FOCUS_MEASURES
+
+    x = torch.rand(1, 3, 16, 16)
+    for name, measure in FOCUS_MEASURES.items():
+        assert measure(x).shape == (1, 1, 16, 16), name
+        for bad in ((x * 255).to(torch.uint8), x[0], x.numpy()):
+            with pytest.raises(RefocusError, match="float tensor"):
+                measure(bad)
+    with pytest.raises(RefocusError, match="float tensor"):
+        sml_torch((x * 255).to(torch.uint8))

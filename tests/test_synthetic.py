@@ -1,5 +1,7 @@
 """Synthetic light fields: deterministic, correct geometry and occlusion."""
 
+import re
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -74,3 +76,24 @@ def test_photometric_randomisation_darkens_some_scenes():
 def test_too_small_is_an_error():
     with pytest.raises(RefocusError):
         render_scene(0, size=(4, 4))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"disparity_range": (-100.0, 100.0)}, "shift the outer views"),  # took 10 s and 0.8 GB for 32×32
+        ({"back_disparity": 1e5}, "shift the outer views"),  # asked for 17 TB
+        ({"disparity_range": (1.0, -1.0)}, "must be ordered"),
+        ({"disparity_range": (float("nan"), 1.0)}, "disparity must be a finite number"),
+        ({"n_layers": 0}, "one layer"),
+        ({"supersample": 0}, "supersample ≥ 1"),
+        ({"grid": 7.0}, "grid must be a whole number"),
+        ({"size": 32}, "(height, width) pair"),
+    ],
+)
+def test_render_scene_refuses_settings_it_cannot_render(kwargs, message):
+    args = {"size": (32, 32), **kwargs}
+    with pytest.raises(RefocusError, match=re.escape(message)):
+        render_scene(1, **args)
+    with pytest.raises(RefocusError, match="seed must be a whole number"):
+        render_scene(None, (32, 32))  # another scene at every call

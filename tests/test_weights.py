@@ -337,3 +337,10 @@ def test_weights_file_names_the_file_of_a_role_a_registered_name_or_a_path(tmp_p
     assert weights.weights_file(own) == own
     with pytest.raises(RefocusError, match="no such file"):
         weights.weights_file(tmp_path / "missing.safetensors")
+
+
+def test_an_empty_weights_name_says_so():
+    """Path("") is the current folder: the message was "weights . is a folder"."""
+    for spec in ("", "  "):
+        with pytest.raises(RefocusError, match="weights name or path is empty"):
+            load_generator(spec, role="deblur")

@@ -40,7 +40,12 @@ class SMLParams:
 
 
 def _gray_torch(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) with C in {1, 3, 4} → (N, 1, H, W) luminance."""
+    """(N, C, H, W) with C in {1, 3, 4} → (N, 1, H, W) luminance. The torch measures take float batches only:
+    a uint8 tensor turned the luminance weights into zeros, and (C, H, W) gave maps of the wrong shape."""
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim == 4 and x.shape[1] in (1, 3, 4)):
+        got = f"{type(x).__name__} {getattr(x, 'dtype', '')} of shape {tuple(getattr(x, 'shape', ()))}"
+        raise RefocusError(f"the torch focus measures take a float tensor (N, C, H, W) with C = 1, 3 or 4; got "
+                           f"{got}. For numpy images use sml() or focus_stacking.all_in_focus().")  # fmt: skip
     if x.shape[1] == 1:
         return x
     w = torch.as_tensor(LUMA_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import RefocusError
+from .errors import RefocusError, check_real, check_whole
 from .focalstack import StackConfig, shift_bilinear
 
 # Photographs shipped inside scikit-image (no download).
@@ -143,11 +143,26 @@ def render_scene(
     (it is occluded by smaller d). ``back_disparity`` (at least the range's far end) puts the back layer,
     which covers the whole frame, at that disparity: a background far outside the range, as in real scenes.
     """
+    if not (isinstance(size, (tuple, list)) and len(size) == 2):
+        raise RefocusError(f"size must be a (height, width) pair, got {size!r}.")
     h, w = size
-    if h < 8 or w < 8 or grid < 1:
-        raise RefocusError(f"synthetic scenes need at least 8×8 pixels and one view; got {size}, grid {grid}.")
+    for value, what in ((seed, "seed"), (h, "height"), (w, "width"), (grid, "grid"), (supersample, "supersample")):
+        check_whole(value, what)  # seed=None would give another scene at each call
+    if n_layers is not None:
+        check_whole(n_layers, "n_layers")
+    if h < 8 or w < 8 or grid < 1 or supersample < 1 or seed < 0 or (n_layers is not None and n_layers < 1):
+        raise RefocusError(f"synthetic scenes need at least 8×8 pixels, one view, one layer, supersample ≥ 1 and "
+                           f"a seed ≥ 0; got size {size}, grid {grid}, n_layers {n_layers}, supersample "
+                           f"{supersample}, seed {seed}.")  # fmt: skip
     rng = np.random.default_rng(seed)
     lo, hi = disparity_range if disparity_range is not None else default_disparity_range()
+    far = hi if back_disparity is None else back_disparity
+    for value in (lo, hi, far):
+        check_real(value, "disparity")
+    # as shift_and_sum: beyond a shift of the image's size between centre and outer views there is no scene left
+    if not lo <= hi or max(abs(lo), abs(far)) * (grid - 1) / 2 > max(h, w):
+        raise RefocusError(f"disparities {lo:g}…{far:g} px/view must be ordered and shift the outer views of a "
+                           f"{grid}×{grid} grid by at most the {h}×{w} image's size.")  # fmt: skip
     n = int(n_layers) if n_layers is not None else int(rng.integers(2, 7))
     disparities = sorted(rng.uniform(lo, hi, size=n).tolist(), reverse=True)  # far (large d) first
     if back_disparity is not None:
