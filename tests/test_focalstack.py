@@ -173,3 +173,8 @@ def test_parse_keep():
 def test_stack_config_fields_of_the_wrong_type_are_named(fields, message):
     with pytest.raises(RefocusError, match=re.escape(message)):
         StackConfig(**fields).check()
+
+
+def test_stack_config_takes_keep_as_any_pair_of_whole_numbers():
+    for keep in ((6, 15), [6, 15], np.array([6, 15]), (np.int64(6), np.int64(15))):
+        StackConfig(keep=keep).check()

@@ -259,6 +259,30 @@ def test_threads_sharing_one_model_get_the_results_of_calls_one_at_a_time():
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_call_waiting_for_a_shared_model_can_still_be_cancelled():
+    import threading
+
+    g = make(deblur_config(ngf=6, n_blocks=1), seed=8)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # another thread's run, as far as the lock is concerned
+        with inference._run_lock(g):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        with pytest.raises(Cancelled):
+            deblur(textured(32, 32, seed=1), g, cancel=lambda: True)
+        assert holder.is_alive()  # cancelled while waiting, not after the other run let go
+    finally:
+        release.set()
+        holder.join()
+    assert deblur(textured(32, 32, seed=1), g).shape == (32, 32, 3)  # the lock is free again
+
+
 def test_margin_is_the_receptive_field_and_tiles_fit_the_stride_grid():
     cfg = deblur_config(n_blocks=6)  # ngf 32: the untiled budget is UNTILED_MAX_PIXELS
     assert receptive_field(cfg) == 63
@@ -531,6 +555,7 @@ def test_every_core_function_reads_device_names_the_same_way():
     for name, call in calls.items():
         call("CPU")
         call(torch.device("cpu"))
+        call(None)  # None keeps these functions' own default, the CPU (not "auto": a GPU when there is one)
         bad = ["meta", 1] + ([] if torch.cuda.is_available() else ["cuda"])
         for device in bad:
             with pytest.raises(RefocusError, match="device"):

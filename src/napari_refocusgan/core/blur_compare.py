@@ -230,7 +230,7 @@ def blur_and_compare(
     before each.
     """
     check_callbacks(progress, cancel)
-    device = pick_device(device)
+    device = pick_device(device, default="cpu")
     if kernel not in KERNELS:
         raise RefocusError(f"unknown blur kernel {kernel!r}; choose one of {', '.join(KERNELS)}.")
     check_whole(patch, "patch")

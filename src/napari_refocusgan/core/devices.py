@@ -17,8 +17,11 @@ def available_devices() -> list[str]:
     return found + ["cpu"]
 
 
-def pick_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None): CUDA, then Apple MPS, then CPU. Otherwise the named device, which must exist."""
+def pick_device(name: str | torch.device | None = "auto", *, default: str = "auto") -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then CPU. Otherwise the named device, which must exist. None means
+    ``default`` (the functions whose own default is the CPU keep it for None)."""
+    if name is None:
+        name = default
     if isinstance(name, torch.device):
         name = str(name)
     if name is not None and not isinstance(name, str):  # 0 and False were taken as "auto", 1 failed inside

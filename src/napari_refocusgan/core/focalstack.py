@@ -50,7 +50,7 @@ class StackConfig:
             if isinstance(self.keep, str):
                 raise RefocusError(f"keep must be a (first, last) pair of slice numbers or None, got {self.keep!r}; "
                                    "parse_keep turns text like '6:15' into one; for 'auto' pass keep_auto=True.")  # fmt: skip
-            if not (isinstance(self.keep, (tuple, list)) and len(self.keep) == 2):
+            if not (isinstance(self.keep, (tuple, list, np.ndarray)) and len(self.keep) == 2):
                 raise RefocusError(f"keep must be a (first, last) pair of slice numbers or None, got {self.keep!r}.")
             for value in self.keep:
                 check_whole(value, "keep's slice numbers")
@@ -161,7 +161,7 @@ def shift_and_sum(
     ``progress`` counts (row band × slope group) units; ``cancel`` is checked before each.
     """
     check_callbacks(progress, cancel)
-    device = pick_device(device)
+    device = pick_device(device, default="cpu")
     v = _as_tensor(views, device)
     if v.ndim != 5:
         raise RefocusError(f"views must be (rows, cols, H, W, channels); got shape {tuple(v.shape)}.")

@@ -102,7 +102,7 @@ def sml(
     ``rgb``: whether the last axis is colour; guessed (last axis of length 3 or 4 with ndim ≥ 3) when None.
     Returns float32 (..., H, W), one map per 2-D slice.
     """
-    device = pick_device(device)
+    device = pick_device(device, default="cpu")
     arr = np.asarray(image)
     if rgb is not False and arr.ndim >= 3 and arr.shape[-1] == 1:
         arr, rgb = arr[..., 0], False  # (…, H, W, 1): one gray channel, as the other tools read it

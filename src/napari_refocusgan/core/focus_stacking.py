@@ -122,7 +122,7 @@ def all_in_focus(
     by parabolic refinement). ``progress`` counts measure evaluations plus one blending step.
     """
     check_callbacks(progress, cancel)
-    device = pick_device(device)
+    device = pick_device(device, default="cpu")
     rgb = stack_layout(np.shape(stack), rgb)
     if isinstance(measures, str):
         measures = [measures]  # one name, not a sequence of letters

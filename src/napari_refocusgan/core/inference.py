@@ -44,7 +44,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,12 +225,17 @@ def _run_lock(generator: Generator) -> threading.RLock:
 
 @contextmanager
 def _prepared(
-    generator: Generator, settings: RunSettings, hw: tuple[int, int]
+    generator: Generator, settings: RunSettings, hw: tuple[int, int], tracker: _Progress
 ) -> Iterator[tuple[torch.device, torch.dtype | None, bool]]:
     """Eval mode on the device and in the memory layout for a run on (H, W) slices, the generator held by
-    this thread; yields the device, the autocast dtype and whether the run is channels_last. The caller's
-    train/eval mode and norms are restored after, the device and memory layout are not (see below)."""
-    with _run_lock(generator):
+    this thread (waiting for another thread's run, the ``tracker``'s cancel is still honoured); yields the
+    device, the autocast dtype and whether the run is channels_last. The caller's train/eval mode and norms
+    are restored after, the device and memory layout are not (see below)."""
+    lock = _run_lock(generator)
+    while not lock.acquire(timeout=0.1):
+        tracker.check()
+    with ExitStack() as held:
+        held.callback(lock.release)  # released however the run ends
         device = settings.device or next(generator.parameters()).device
         autocast = _autocast_dtype(device, settings.precision)
         if autocast is torch.bfloat16 and not bf16_is_native(device):
@@ -306,7 +311,7 @@ def deblur(
     arr, lead, hw = _network_slices(image, rgb, "image")
     tracker = _Progress(progress, cancel, len(lead) * _units(settings, hw, generator))
     out = None
-    with _prepared(generator, settings, hw) as run:
+    with _prepared(generator, settings, hw, tracker) as run:
         for index in lead:
             tracker.check()
             src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
@@ -361,7 +366,7 @@ def refocus(
     units = _units(settings, hw, generator) + (_units(settings, hw, g1) if g1 is not None else 0)
     tracker = _Progress(progress, cancel, len(lead) * units)
     out = None
-    with _prepared(generator, settings, hw) as run:
+    with _prepared(generator, settings, hw, tracker) as run:
         for index in lead:
             tracker.check()
             src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
@@ -381,7 +386,7 @@ def refocus(
                     )
                 rad01 = rad_src.rgb
             elif g1 is not None:
-                with _prepared(g1, settings, hw) as run1:
+                with _prepared(g1, settings, hw, tracker) as run1:
                     x = _deblur_input(src.rgb, g1, sml_params)
                     rad01 = _to_image(_forward(g1, x, None, settings, run1, tracker), h, w)
                     del x

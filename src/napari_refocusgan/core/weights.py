@@ -354,7 +354,7 @@ def load_generator(
     """
     from safetensors import SafetensorError, safe_open
 
-    device = pick_device(device)  # before the file is read: a bad device costs nothing
+    device = pick_device(device, default="cpu")  # before the file is read: a bad device costs nothing
     if isinstance(spec, str) and not spec.strip():  # Path("") is "." (a folder): say what is wrong instead
         raise RefocusError("the weights name or path is empty; give a role, a registered name or a .safetensors "
                            "path, or None for the shipped default.")  # fmt: skip
