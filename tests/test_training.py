@@ -648,6 +648,31 @@ def test_cli_checks_folders_and_weight_files_before_rendering_anything(tmp_path,
     assert afile.read_text() == "x"
 
 
+def test_export_over_a_writable_file_in_a_folder_that_takes_no_new_file_is_refused_first(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """The weights are written beside the file and renamed: a writable file was enough for the check, and the
+    export failed after reading the checkpoint."""
+    import tempfile
+
+    from napari_refocusgan.core import imaging
+
+    train(smoke(steps=1), tmp_path / "run", progress=False, **datasets())
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / "g1.safetensors").write_bytes(b"old")
+    real = tempfile.TemporaryFile
+
+    def no_new_files_there(*args, dir=None, **kwargs):  # as a read-only folder would (root may write anyway)
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(imaging.tempfile, "TemporaryFile", no_new_files_there)
+    assert cli_main(["export", str(tmp_path / "run"), "-o", str(folder / "g1.safetensors")]) == 2
+    assert "cannot write into" in capsys.readouterr().err
+    assert (folder / "g1.safetensors").read_bytes() == b"old"
+
+
 def test_a_run_log_that_is_not_one_is_a_message_on_resume_and_export_goes_on(tmp_path, capsys):
     """An overwritten log.csv crashed --resume and export with a UnicodeDecodeError traceback."""
     run = tmp_path / "run"

@@ -35,7 +35,9 @@ def _check_output(out: Path, given: str | os.PathLike) -> None:
         raise RefocusError(f"{out} exists and is not a regular file; write the weights elsewhere")
     if not out.parent.is_dir():
         raise RefocusError(f"cannot write {out}: folder {out.parent} does not exist")
-    check_writable(out)  # the folder (weights are written beside the file, then renamed) or a read-only file
+    check_writable(out)  # a read-only file, or a folder where no new file can be made
+    if out.is_file():  # save_generator writes NAME.part beside it and renames: the folder must take a new file
+        check_writable(out.with_name(out.name + ".part"))
 
 
 def _check_registry_use(out: Path, name: str, role: str, registry: bool, registry_path) -> None:
