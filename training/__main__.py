@@ -160,7 +160,8 @@ def _config_from_args(args) -> TrainConfig:
     cfg = get_config(args.config or "cpu", args.task, **overrides)
     kind, g1_path = radiance_source(cfg.radiance)
     if kind != "true" and not Path(g1_path).is_file():
-        raise RefocusError(f"--radiance {cfg.radiance}: no G1 weights file (.safetensors, from training export) at {g1_path}")
+        raise RefocusError(f"--radiance {cfg.radiance}: no G1 weights file (.safetensors, from training export) "
+                           f"at {g1_path}")  # fmt: skip
     return cfg
 
 

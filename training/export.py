@@ -18,8 +18,8 @@ def _training_seconds(log: Path, step: int) -> str:
     if not log.is_file():
         return ""
     try:
-        times = [float(row["time_s"]) for row in read_log_rows(log, step) if row["time_s"]]
-    except (RefocusError, ValueError):
+        times = [float(row["time_s"]) for row in read_log_rows(log, step)]  # every row has one: read_log_rows
+    except RefocusError:
         return ""
     return f"{times[-1]:.0f}" if times else ""
 
@@ -30,7 +30,8 @@ def _check_output(out: Path, given: str | os.PathLike) -> None:
     if out.is_dir() or os.fspath(given).endswith(("/", os.sep)):  # Path() drops a trailing slash
         raise RefocusError(f"{given} names a folder: give the weights file's name, e.g. {out / 'g1.safetensors'}")
     if out.suffix.lower() != ".safetensors":
-        raise RefocusError(f"{out}: weights are written as .safetensors; name the file so (e.g. {out.stem}.safetensors)")
+        raise RefocusError(f"{out}: weights are written as .safetensors; name the file so "
+                           f"(e.g. {out.stem}.safetensors)")  # fmt: skip
     if out.exists() and not out.is_file():
         raise RefocusError(f"{out} exists and is not a regular file; write the weights elsewhere")
     if not out.parent.is_dir():

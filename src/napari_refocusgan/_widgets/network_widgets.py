@@ -346,7 +346,9 @@ class RefocusWidget(Container):
         source, name = layer.name, f"{layer.name} {role}"
         given_radiance = None
         if radiance_layer is not None:
-            given_radiance = f"layer {radiance_layer.name!r}" + (f", slice {list(radiance_index)}" if radiance_index else "")
+            given_radiance = f"layer {radiance_layer.name!r}"
+            if radiance_index:
+                given_radiance += f", slice {list(radiance_index)}"
         placement = spatial_placement(layer, layer.data.ndim - len(index) - (1 if rgb else 0))
 
         def task(progress: ProgressFn, cancel: CancelFn):

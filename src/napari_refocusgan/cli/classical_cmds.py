@@ -155,7 +155,9 @@ def cmd_all_in_focus(args: argparse.Namespace) -> int:
     if not measures:
         raise RefocusError("--measures is empty; name at least one focus measure.")
     fs.stack_layout(stack.shape, False if args.gray else None)  # before the output checks, which assume a stack
-    out_path = check_output_path(args.out, dtype=fs.output_dtype(stack.dtype), shape=stack.shape[1:], inputs=(args.stack,))
+    out_path = check_output_path(
+        args.out, dtype=fs.output_dtype(stack.dtype), shape=stack.shape[1:], inputs=(args.stack,)
+    )
     if args.depth:
         check_output_path(args.depth, inputs=(args.stack, out_path), float_data=True)
     aif, depth = fs.all_in_focus_image(

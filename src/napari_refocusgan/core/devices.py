@@ -24,7 +24,7 @@ def pick_device(name: str | torch.device | None = "auto", *, default: str = "aut
         name = default
     if isinstance(name, torch.device):
         name = str(name)
-    if name is not None and not isinstance(name, str):  # 0 and False were taken as "auto", 1 failed inside
+    if not isinstance(name, str):  # 0 and False were taken as "auto", 1 failed inside
         raise RefocusError(f"device must be a name such as 'cpu', 'cuda:0' or 'auto', or a torch.device; "
                            f"got {name!r}.")  # fmt: skip
     name = (name or "auto").strip().lower()

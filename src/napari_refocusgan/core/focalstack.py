@@ -49,7 +49,8 @@ class StackConfig:
         if self.keep is not None:
             if isinstance(self.keep, str):
                 raise RefocusError(f"keep must be a (first, last) pair of slice numbers or None, got {self.keep!r}; "
-                                   "parse_keep turns text like '6:15' into one; for 'auto' pass keep_auto=True.")  # fmt: skip
+                                   "parse_keep turns text like '6:15' into one; for 'auto' pass "
+                                   "keep_auto=True.")  # fmt: skip
             if not (isinstance(self.keep, (tuple, list, np.ndarray)) and len(self.keep) == 2):
                 raise RefocusError(f"keep must be a (first, last) pair of slice numbers or None, got {self.keep!r}.")
             for value in self.keep:
@@ -58,7 +59,7 @@ class StackConfig:
             raise RefocusError(f"views must be ≥ 2 (one view gives identical slices), got {self.views}.")
         if self.slices < 2:
             raise RefocusError(f"slices must be ≥ 2, got {self.slices}.")
-        if not (self.s_max > 0 and math.isfinite(self.s_max)):
+        if not self.s_max > 0:  # finite: check_real above
             raise RefocusError(f"s_max must be a positive number, got {self.s_max}.")
         if self.keep is not None:
             lo, hi = self.keep

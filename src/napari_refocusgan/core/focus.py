@@ -5,7 +5,6 @@ One torch implementation serves the widget, the CLI, inference (G1's fourth chan
 
 from __future__ import annotations
 
-import math
 
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ class SMLParams:
             raise RefocusError(f"SML step must be ≥ 1, got {self.step}.")
         if self.window < 1 or self.window % 2 == 0:
             raise RefocusError(f"SML window must be a positive odd number, got {self.window}.")
-        if not math.isfinite(self.threshold) or self.threshold < 0:
+        if self.threshold < 0:  # finite: check_real above
             raise RefocusError(f"SML threshold must be a finite number ≥ 0, got {self.threshold}.")
 
 

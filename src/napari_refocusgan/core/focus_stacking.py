@@ -170,12 +170,15 @@ def all_in_focus(
 def output_dtype(stack_dtype) -> np.dtype:
     """The dtype an all-in-focus image is given back in: 8 and 16 bits stay (a bool mask's is 8-bit 0/255, as
     it is read), anything else float32."""
-    dtype = native_8bit(np.zeros(0, stack_dtype)).dtype.newbyteorder("=")
-    return dtype if dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
+    dtype = np.dtype(stack_dtype)
+    if dtype == bool:
+        return np.dtype(np.uint8)
+    return dtype.newbyteorder("=") if dtype.kind == "u" and dtype.itemsize <= 2 else np.dtype(np.float32)
 
 
 def all_in_focus_image(stack: np.ndarray, **options) -> tuple[np.ndarray, np.ndarray]:
     """:func:`all_in_focus` (``options`` are its keywords) with the image in :func:`output_dtype` of the stack's:
     what the command line writes and the widget shows. The depth index stays float32."""
-    aif, depth = all_in_focus(native_8bit(np.asarray(stack)), **options)
-    return from_float(aif, output_dtype(np.asarray(stack).dtype)), depth
+    stack = native_8bit(np.asarray(stack))
+    aif, depth = all_in_focus(stack, **options)
+    return from_float(aif, output_dtype(stack.dtype)), depth

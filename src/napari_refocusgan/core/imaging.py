@@ -105,7 +105,7 @@ def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1) -> RGBI
     h, w = rgb.shape[:2]
     if h < min_size or w < min_size:
         raise RefocusError(f"{name} is {h}×{w} pixels; at least {min_size}×{min_size} is needed.")
-    return RGBImage(np.ascontiguousarray(rgb), alpha, was_gray, arr.dtype.newbyteorder("="))  # results: native order
+    return RGBImage(np.ascontiguousarray(rgb), alpha, was_gray, arr.dtype)  # native order: native_8bit above
 
 
 def native_8bit(arr: np.ndarray) -> np.ndarray:
@@ -304,9 +304,7 @@ def check_output_path(
     float data (``float_data``: SML maps, focal stacks) in anything but TIFF, 16 bits or alpha in JPEG.
     ``dtype``/``shape``: the result's, as written."""
     out = Path(path)
-    suffix = out.suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise RefocusError(f"output {out} must end in one of {', '.join(OUTPUT_SUFFIXES)}.")
+    suffix = _output_suffix(out)
     if out.is_dir():
         raise RefocusError(f"output {out} is a folder; give a file name.")
     if any(i is not None and Path(i).resolve() == out.resolve() for i in inputs):
@@ -326,6 +324,14 @@ def check_output_path(
         if len(shape) == 3 and shape[-1] == 4:
             raise RefocusError("JPEG cannot hold an alpha channel; write .png or .tif to keep it.")
     return out
+
+
+def _output_suffix(path: Path) -> str:
+    """The suffix of an output file, lower case, when :func:`write_image` has a writer for it."""
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise RefocusError(f"output {path} must end in one of {', '.join(OUTPUT_SUFFIXES)}.")
+    return suffix
 
 
 def check_writable(path: str | Path) -> None:
@@ -384,9 +390,7 @@ def _check_writable_data(path: Path, image: np.ndarray) -> None:
     """What :func:`write_image` refuses rather than write wrongly: a suffix it has no writer for (it would
     have written TIFF under any name), and for 8/16-bit formats integers it cannot scale (int32, int64) or
     floats outside [0, 1] (0..255 floats were clipped to nearly all white)."""
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise RefocusError(f"output {path} must end in one of {', '.join(OUTPUT_SUFFIXES)}.")
+    suffix = _output_suffix(path)
     if suffix in TIFF_SUFFIXES or image.dtype in (np.uint8, np.uint16):
         return
     if image.dtype.kind == "f":

@@ -27,8 +27,8 @@ converge: errors grow from layer to layer before the last layer is right.
 
 A generator serves one call at a time (calls from several threads wait for each other): a run switches it
 to eval mode, moves it to the device and fixes its InstanceNorm statistics while tiling. Mode and
-statistics are restored afterwards; the device and the run's memory layout stay (channels_last on CUDA; on the CPU after the encoder, or throughout when tiled;
-see ``_set_memory_layout``).
+statistics are restored afterwards; the device and the run's memory layout stay (channels_last on CUDA;
+on the CPU after the encoder, or throughout when tiled; see ``_set_memory_layout``).
 
 Tile windows start on multiples of 4 (the stride-2 grid) and tiles at the image edge keep the image's
 own borders, so the network's internal reflection padding matches the untiled run there. G2's δ map is
