@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_refocusgan.core.errors import RefocusError
-from napari_refocusgan.core.imaging import as_rgb, from_float, read_image, to_float, write_image
+from napari_refocusgan.core.imaging import DIM_PEAK, as_rgb, exposure_gain, from_float, read_image, to_float, write_image
 
 
 def test_dtype_round_trip():
@@ -298,3 +298,20 @@ def test_write_image_refuses_what_it_would_write_wrongly(tmp_path):
         assert not (tmp_path / name).exists()
     np.testing.assert_array_equal(read_image(write_image(tmp_path / "counts.tif", counts)), counts)  # TIFF keeps it
     np.testing.assert_array_equal(read_image(write_image(tmp_path / "mask.png", counts > 50)), (counts > 50) * 255)
+
+
+def test_exposure_gain_lifts_only_dim_images_and_never_clips():
+    rng = np.random.default_rng(0)
+    bright = rng.uniform(0, 0.9, (64, 64, 3)).astype(np.float32)
+    assert exposure_gain(bright) == 1.0
+    assert exposure_gain(np.zeros((8, 8, 3), np.float32)) == 1.0
+    dim = bright / 16  # 12-bit data in a 16-bit file
+    gain = exposure_gain(dim)
+    assert gain == pytest.approx(DIM_PEAK / np.percentile(dim, 99.9), rel=1e-6)
+    assert np.percentile(dim * gain, 99.9) == pytest.approx(DIM_PEAK, rel=1e-6)
+    hot = dim.copy()
+    hot[0, 0] = 0.5  # one hot pixel: the percentile ignores it, but it must not pass 1
+    assert exposure_gain(hot) == pytest.approx(2.0)
+    beads = np.zeros((64, 64, 3), np.float32)
+    beads[10, 10] = 0.01  # sparse signal on black: the percentile is 0, the brightest pixel sets the gain
+    assert exposure_gain(beads) == pytest.approx(100.0)

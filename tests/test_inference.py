@@ -560,3 +560,23 @@ def test_every_core_function_reads_device_names_the_same_way():
         for device in bad:
             with pytest.raises(RefocusError, match="device"):
                 call(device)
+
+
+def test_the_bit_depth_that_dim_data_fills_does_not_change_the_result(g1, g2):
+    """10-bit and 12-bit data in 16-bit files (the same scene, 4× apart) are brightened alike for the networks
+    (imaging.exposure_gain) and come back at their own level: the networks were not trained on images this dim."""
+    img12 = np.rint(textured(40, 48, seed=5) * 4095).astype(np.uint16)
+    img10 = img12 // 4
+    img12 = img10 * 4  # exactly 4× apart
+    rad12 = np.rint(textured(40, 48, seed=6) * 4095).astype(np.uint16) // 4 * 4
+    runs = {
+        "deblur": lambda im, rad: deblur(im, g1),
+        "refocus, given radiance": lambda im, rad: refocus(im, 3.0, g2, radiance=rad),
+        "refocus, radiance by G1": lambda im, rad: refocus(im, -3.0, g2, deblur_model=g1),
+    }
+    for name, run in runs.items():
+        out12 = run(img12, rad12).astype(np.float64)
+        out10 = run(img10, rad12 // 4).astype(np.float64)
+        assert out12.max() < 65535 / 2, name  # dimmed back towards the input's level
+        np.testing.assert_allclose(out12, 4 * out10, atol=2.5, err_msg=name)  # rounding of each output to counts
+        assert np.abs(out12 - img12).mean() > 5, name  # the test networks really change the image

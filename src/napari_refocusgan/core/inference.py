@@ -55,7 +55,7 @@ from .devices import available_devices, pick_device  # noqa: F401 - the widgets 
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn, check_callbacks
 from .focus import SMLParams, focus_channel
-from .imaging import as_rgb, image_slices, store_slice
+from .imaging import as_rgb, exposure_gain, image_slices, store_slice
 from .networks import Generator, GeneratorConfig, InstanceNorm
 from .weights import LoadedModel
 
@@ -315,12 +315,13 @@ def deblur(
         for index in lead:
             tracker.check()
             src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
-            x = _deblur_input(src.rgb, generator, params)
+            gain = exposure_gain(src.rgb)
+            x = _deblur_input(src.rgb, generator, params, gain)
             h, w = src.rgb.shape[:2]
             src.rgb = None  # x holds the pixels now; on huge images every full-size copy counts
             y = _forward(generator, x, None, settings, run, tracker)
             del x
-            out = store_slice(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
+            out = store_slice(out, src.restore(_to_image(y, h, w, gain)), arr.shape, lead, index)
     return out
 
 
@@ -371,7 +372,8 @@ def refocus(
             tracker.check()
             src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
             h, w = src.rgb.shape[:2]
-            rad01 = None
+            gain = exposure_gain(src.rgb)  # the radiance is brightened with the image's gain, not its own
+            rad01, rad_gain = None, gain
             if rad is not None:
                 rad_src = as_rgb(rad[index], name="radiance", min_size=MIN_SIZE)
                 if rad_src.rgb.shape != src.rgb.shape:
@@ -387,14 +389,14 @@ def refocus(
                 rad01 = rad_src.rgb
             elif g1 is not None:
                 with _prepared(g1, settings, hw, tracker) as run1:
-                    x = _deblur_input(src.rgb, g1, sml_params)
-                    rad01 = _to_image(_forward(g1, x, None, settings, run1, tracker), h, w)
+                    x = _deblur_input(src.rgb, g1, sml_params, gain)
+                    rad01, rad_gain = _to_image(_forward(g1, x, None, settings, run1, tracker), h, w), 1.0
                     del x
-            x = _refocus_input(src.rgb, rad01, generator)
+            x = _refocus_input(src.rgb, rad01, generator, gain, rad_gain)
             src.rgb = rad01 = None  # x holds the pixels now
             y = _forward(generator, x, d, settings, run, tracker)
             del x
-            out = store_slice(out, src.restore(_to_image(y, h, w)), arr.shape, lead, index)
+            out = store_slice(out, src.restore(_to_image(y, h, w, gain)), arr.shape, lead, index)
     return out
 
 
@@ -431,22 +433,28 @@ def _ceil4(n: int) -> int:
 # --------------------------------------------------------------------------------------------- per slice
 
 
-def _deblur_input(rgb01: np.ndarray, generator: Generator, sml_params: SMLParams) -> torch.Tensor:
-    """G1's input for an (H, W, 3) image in [0, 1]: (1, 3|4, Hp, Wp), RGB in [-1, 1] + focus channel."""
+def _deblur_input(rgb01: np.ndarray, generator: Generator, sml_params: SMLParams, gain: float = 1.0) -> torch.Tensor:
+    """G1's input for an (H, W, 3) image in [0, 1], brightened by ``gain`` (see imaging.exposure_gain): (1, 3|4, Hp,
+    Wp), RGB in [-1, 1] + the focus channel of the brightened image."""
     h, w = rgb01.shape[:2]
     with torch.inference_mode():
         rgb_t = torch.from_numpy(rgb01).permute(2, 0, 1)[None]  # (1, 3, H, W), a view
         channels = generator.cfg.in_channels
         x = torch.empty((1, channels, _ceil4(h), _ceil4(w)), dtype=torch.float32)
         x[0, :3, :h, :w] = rgb_t[0]
+        if gain != 1:
+            x[0, :3, :h, :w].mul_(gain)
         x[0, :3, :h, :w].clamp_(0, 1)  # float input may overshoot [0, 1] slightly (FLOAT_RANGE_SLACK)
         if channels == 4:
             _focus_into(x[0, 3, :h, :w], x[:, :3, :h, :w], sml_params)
         return _signed_and_padded(x, h, w, 3)
 
 
-def _refocus_input(rgb01: np.ndarray, radiance01: np.ndarray | None, generator: Generator) -> torch.Tensor:
-    """G2's input: (1, 6, Hp, Wp) RGB + radiance in [-1, 1] (or RGB only for a single-stage G2)."""
+def _refocus_input(
+    rgb01: np.ndarray, radiance01: np.ndarray | None, generator: Generator, gain: float = 1.0, radiance_gain: float = 1.0
+) -> torch.Tensor:
+    """G2's input: (1, 6, Hp, Wp) RGB + radiance in [-1, 1] (or RGB only for a single-stage G2), each multiplied by
+    its gain (see imaging.exposure_gain)."""
     h, w = rgb01.shape[:2]
     with torch.inference_mode():
         channels = generator.cfg.in_channels
@@ -454,6 +462,9 @@ def _refocus_input(rgb01: np.ndarray, radiance01: np.ndarray | None, generator: 
         x[0, :3, :h, :w] = torch.from_numpy(rgb01).permute(2, 0, 1)
         if channels == 6:
             x[0, 3:, :h, :w] = torch.from_numpy(radiance01).permute(2, 0, 1)
+        for image, image_gain in ((x[0, :3, :h, :w], gain), (x[0, 3:, :h, :w], radiance_gain)):
+            if image_gain != 1:
+                image.mul_(image_gain)
         return _signed_and_padded(x, h, w, channels)
 
 
@@ -481,10 +492,11 @@ def _signed_and_padded(x: torch.Tensor, h: int, w: int, n_image_channels: int) -
     return x
 
 
-def _to_image(y: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """(3, Hp, Wp) in [-1, 1] → (H, W, 3) float32 in [0, 1], reusing ``y``'s memory for the arithmetic."""
+def _to_image(y: torch.Tensor, h: int, w: int, gain: float = 1.0) -> np.ndarray:
+    """(3, Hp, Wp) in [-1, 1] → (H, W, 3) float32 in [0, 1], divided by the input's ``gain``, reusing ``y``'s
+    memory for the arithmetic."""
     with torch.inference_mode():
-        return y.add_(1).mul_(0.5)[:, :h, :w].permute(1, 2, 0).contiguous().numpy()
+        return y.add_(1).mul_(0.5 / gain)[:, :h, :w].permute(1, 2, 0).contiguous().numpy()
 
 
 # --------------------------------------------------------------------------------------------- forward
