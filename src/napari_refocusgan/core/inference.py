@@ -451,7 +451,11 @@ def _deblur_input(rgb01: np.ndarray, generator: Generator, sml_params: SMLParams
 
 
 def _refocus_input(
-    rgb01: np.ndarray, radiance01: np.ndarray | None, generator: Generator, gain: float = 1.0, radiance_gain: float = 1.0
+    rgb01: np.ndarray,
+    radiance01: np.ndarray | None,
+    generator: Generator,
+    gain: float = 1.0,
+    radiance_gain: float = 1.0,
 ) -> torch.Tensor:
     """G2's input: (1, 6, Hp, Wp) RGB + radiance in [-1, 1] (or RGB only for a single-stage G2), each multiplied by
     its gain (see imaging.exposure_gain)."""
