@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from napari_refocusgan.core.errors import RefocusError
-from napari_refocusgan.core.imaging import DIM_PEAK, as_rgb, exposure_gain, from_float, read_image, to_float, write_image
+from napari_refocusgan.core.imaging import (
+    DIM_PEAK,
+    as_rgb,
+    exposure_gain,
+    from_float,
+    read_image,
+    to_float,
+    write_image,
+)
 
 
 def test_dtype_round_trip():
