@@ -70,6 +70,31 @@ def test_float_tiff_in_float32_tiff_out(files):
     np.testing.assert_allclose(result, deblur(image, load_generator(files["g1"])), atol=1e-5)
 
 
+def test_float_counts_run_on_their_own_scale_and_must_be_written_as_tiff(files, capsys):
+    """A float TIFF of photon counts (0..4000) was refused; every command now takes it at its own scale and
+    writes the result on it. A PNG or JPEG output, which holds [0, 1] as 8 bits, is refused before the work."""
+    counts = files["image"].astype(np.float32) / 255 * 4000
+    counts[0, 0, 0] = 4000  # full scale 4000
+    path, d = files["dir"] / "counts.tif", files["dir"]
+    tifffile.imwrite(path, counts, photometric="rgb")
+    assert main(["deblur", str(path), "-o", str(d / "rad.tif"), "--weights", str(files["g1"])]) == 0
+    expected = deblur(counts / 4000, load_generator(files["g1"])) * 4000
+    np.testing.assert_allclose(tifffile.imread(d / "rad.tif"), expected, rtol=1e-5, atol=0.05)
+    stack = d / "stack.tif"
+    tifffile.imwrite(stack, np.stack([counts, counts * 0.5]), photometric="rgb")
+    capsys.readouterr()
+    for args in (
+        ["deblur", str(path), "-o", str(d / "out.png"), "--weights", str(files["g1"])],
+        ["refocus", str(path), "--delta", "2", "-o", str(d / "out.jpg"), "--weights", str(files["g2"])],
+        ["classical", str(path), "--method", "unsharp", "-o", str(d / "out.png")],
+        ["blur-compare", str(path), "--radiance", str(d / "rad.tif"), "-o", str(d / "out.png")],
+        ["all-in-focus", str(stack), "-o", str(d / "out.png")],
+    ):
+        assert main(args) == 2, args
+        assert "float image on a scale of its own (full scale 4000)" in capsys.readouterr().err, args
+    assert not list(d.glob("out.*"))
+
+
 def test_refocus_with_given_radiance_or_with_g1(files):
     rad_path, out1, out2 = (files["dir"] / n for n in ("rad.png", "r1.png", "r2.png"))
     assert main(["deblur", str(files["png"]), "-o", str(rad_path), "--weights", str(files["g1"])]) == 0

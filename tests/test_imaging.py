@@ -59,24 +59,34 @@ def test_read_write(tmp_path):
         read_image(tmp_path)
 
 
-def test_float_images_must_hold_unit_intensities_everywhere():
-    """A float image on a 0..255 scale is a clear error in every tool (classical, focus stacking, SML), as in
-    the networks, instead of a silently clipped or solid-white result; a slight overshoot is clipped."""
-    from napari_refocusgan.core.classical import apply_classical
+def test_float_images_on_a_scale_of_their_own_come_back_on_it_everywhere():
+    """A float image on a 0..255 scale (or of photon counts) is taken at its own full scale, its maximum, by
+    every tool (classical, blur-and-compare, focus stacking, SML), and the images come back on it: the [0, 1]
+    image's results times the scale. Negative intensities, and a radiance on another scale, are clear errors."""
+    from napari_refocusgan.core.blur_compare import blur_and_compare_image
+    from napari_refocusgan.core.classical import apply_classical_image
     from napari_refocusgan.core.focus import sml
-    from napari_refocusgan.core.focus_stacking import all_in_focus
+    from napari_refocusgan.core.focus_stacking import all_in_focus_image
 
     rng = np.random.default_rng(3)
-    scaled = (rng.random((32, 32, 3)) * 255).astype(np.float32)
-    for run in (
-        lambda: to_float(scaled),
-        lambda: apply_classical(scaled, "unsharp"),
-        lambda: apply_classical(scaled, "clahe"),
-        lambda: all_in_focus(np.stack([scaled, scaled])),
-        lambda: sml(scaled),
-    ):
-        with pytest.raises(RefocusError, match=r"values 0\..*…25[0-9].*Divide by the full-scale value"):
-            run()
+    unit = rng.random((32, 32, 3)).astype(np.float32)
+    unit[0, 0, 0] = 1.0  # full scale 1: the scaled image's maximum is then its scale
+    blurred = (unit + np.roll(unit, 1, 0) + np.roll(unit, 1, 1)) / 3
+    scale = np.float32(255)
+    for name, run in {
+        "unsharp": lambda k: apply_classical_image(unit * k, "unsharp"),
+        "clahe": lambda k: apply_classical_image(unit * k, "clahe"),
+        "blur-and-compare": lambda k: blur_and_compare_image(blurred * k, unit * k).refocused,
+        "all-in-focus": lambda k: all_in_focus_image(np.stack([unit, blurred]) * k)[0],
+    }.items():
+        np.testing.assert_allclose(run(scale), run(1) * scale, rtol=1e-5, atol=1e-3, err_msg=name)
+    np.testing.assert_allclose(sml(unit * scale), sml(unit), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(to_float(unit * scale), unit, rtol=1e-6)
+    np.testing.assert_array_equal(to_float(unit * scale - 25) == 0, unit * scale < 25)  # slight undershoot: clipped
+    with pytest.raises(RefocusError, match=r"values -99\.9.*…155; intensities cannot be negative"):
+        to_float(unit * scale - 100)
+    with pytest.raises(RefocusError, match="on different scales"):
+        blur_and_compare_image(blurred, unit * scale)
     overshoot = np.array([[-0.03, 0.5, 1.04]], np.float32)
     original = overshoot.copy()
     np.testing.assert_array_equal(to_float(overshoot), [[0.0, 0.5, 1.0]])

@@ -390,8 +390,7 @@ def test_a_bool_mask_runs_as_8_bit_0_and_255(g1):
         (np.zeros((7, 30, 3), np.float32), "7×30 pixels"),
         (np.full((16, 16, 3), np.nan, np.float32), "NaN or Inf"),
         (np.full((16, 16), np.inf), "NaN or Inf"),
-        (np.full((16, 16, 3), 200.0, np.float32), "values 200…200; float images must hold intensities"),
-        (np.full((16, 16), -0.5, np.float32), "must hold intensities"),
+        (np.full((16, 16), -0.5, np.float32), "values -0.5…-0.5; intensities cannot be negative"),
         (np.zeros((0, 16, 3), np.uint8), "empty"),
         (np.zeros((16, 16, 2), np.uint8), "last axis of 2"),
         (np.zeros(16, np.uint8), "expected a 2-D image"),
@@ -580,3 +579,18 @@ def test_the_bit_depth_that_dim_data_fills_does_not_change_the_result(g1, g2):
         assert out12.max() < 65535 / 2, name  # dimmed back towards the input's level
         np.testing.assert_allclose(out12, 4 * out10, atol=2.5, err_msg=name)  # rounding of each output to counts
         assert np.abs(out12 - img12).mean() > 5, name  # the test networks really change the image
+
+
+def test_float_images_on_a_scale_of_their_own_come_back_on_it(g1, g2):
+    """A float image of 0..4000 (photon counts, say) runs as the same image in [0, 1] and comes back on its
+    scale; its radiance shares it, and a radiance on another scale is refused."""
+    unit, rad = textured(40, 48, seed=7), textured(40, 48, seed=8)
+    unit[0, 0, 0] = rad[0, 0, 0] = 1.0  # full scale 1
+    counts = np.float32(4000)
+    np.testing.assert_allclose(deblur(unit * counts, g1), deblur(unit, g1) * counts, rtol=1e-5, atol=0.02)
+    np.testing.assert_allclose(
+        refocus(unit * counts, 2.0, g2, radiance=rad * counts), refocus(unit, 2.0, g2, radiance=rad) * counts,
+        rtol=1e-5, atol=0.02,
+    )  # fmt: skip
+    with pytest.raises(RefocusError, match="image and radiance are on different scales"):
+        refocus(unit, 2.0, g2, radiance=rad * counts)

@@ -1029,6 +1029,42 @@ def test_results_of_a_12_bit_input_stay_uint16_at_its_contrast_limits(viewer, no
     assert notes.errors() == []
 
 
+def test_float_counts_run_on_their_own_scale_in_every_widget(viewer, tiny_weights, notes):
+    """A float layer of photon counts (0..4000) was refused ("float images must hold intensities in [0, 1]"),
+    with no way to rescale it from the widget. Every tool now takes it at its own scale: the results are the
+    [0, 1] image's times its full scale, shown at the input's contrast limits."""
+    from napari_refocusgan.core.classical import apply_classical_image
+    from napari_refocusgan.core.inference import deblur
+    from napari_refocusgan.core.weights import load_generator
+
+    g1_path, g2_path = tiny_weights
+    unit = textured_image(14)
+    unit[0, 0, 0] = 1.0  # full scale 1, so that the counts' full scale is 4000
+    counts = viewer.add_image(unit * np.float32(4000), name="counts", rgb=True, contrast_limits=(0, 4000))
+    before = snapshot(counts)
+    deblurring = dock(viewer, "Deblur (radiance)")
+    deblurring._image.value = counts
+    set_network_options(deblurring, g1_path)
+    deblurring._run_button.clicked()
+    refocusing = refocus_widget(viewer, counts, tiny_weights)
+    refocusing._run_button.clicked()
+    classical = dock(viewer, "Classical")
+    classical._image.value = counts
+    classical._method.value = "unsharp"
+    classical._run_button.clicked()
+    assert notes.errors() == []
+
+    radiance = viewer.layers["counts radiance"].data
+    np.testing.assert_allclose(radiance, deblur(unit, load_generator(g1_path, "cpu")) * 4000, rtol=1e-4, atol=0.05)
+    unsharp = viewer.layers["counts unsharp"].data
+    np.testing.assert_allclose(unsharp, apply_classical_image(unit, "unsharp") * 4000, rtol=1e-4, atol=0.05)
+    for name in ("counts radiance", "counts refocused", "counts unsharp"):
+        out = viewer.layers[name]
+        assert out.data.dtype == np.float32 and out.data.max() > 1000, name
+        np.testing.assert_allclose(out.contrast_limits, (0, 4000))
+    assert_unchanged(counts, before)
+
+
 def test_classical_widget_methods_match_core(viewer, notes):
     from napari_refocusgan.core.classical import apply_classical
     from napari_refocusgan.core.imaging import from_float, to_float

@@ -12,6 +12,7 @@ from ..core.focus import FOCUS_MEASURES, SMLParams
 from ..core.imaging import (
     check_output_path,
     image_slices,
+    input_full_scale,
     read_image,
     store_slice,
     write_image,
@@ -96,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_classical(args: argparse.Namespace) -> int:
     raw = read_image(args.image)
-    out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=(args.image,))
+    out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=(args.image,),
+                                 full_scale=input_full_scale(raw, name=args.image))  # fmt: skip
     arr, slices, _ = image_slices(raw, None, args.image)
     method = args.method
     if method == "sharpen":
@@ -128,7 +130,8 @@ def cmd_classical(args: argparse.Namespace) -> int:
 def cmd_blur_compare(args: argparse.Namespace) -> int:
     raw = read_image(args.image)
     inputs = (args.image, args.radiance)
-    out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=inputs)
+    out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=inputs,
+                                 full_scale=input_full_scale(raw, name=args.image))  # fmt: skip
     if args.sigma_map:
         check_output_path(args.sigma_map, inputs=(*inputs, out_path), float_data=True)
     radii = bc.parse_radii(args.radii) if args.radii is not None else None
@@ -156,8 +159,9 @@ def cmd_all_in_focus(args: argparse.Namespace) -> int:
         raise RefocusError("--measures is empty; name at least one focus measure.")
     fs.stack_layout(stack.shape, False if args.gray else None)  # before the output checks, which assume a stack
     out_path = check_output_path(
-        args.out, dtype=fs.output_dtype(stack.dtype), shape=stack.shape[1:], inputs=(args.stack,)
-    )
+        args.out, dtype=fs.output_dtype(stack.dtype), shape=stack.shape[1:], inputs=(args.stack,),
+        full_scale=input_full_scale(stack, name=args.stack),
+    )  # fmt: skip
     if args.depth:
         check_output_path(args.depth, inputs=(args.stack, out_path), float_data=True)
     aif, depth = fs.all_in_focus_image(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import RefocusError
-from ..core.imaging import TIFF_SUFFIXES, check_output_path, read_image, write_image
+from ..core.imaging import TIFF_SUFFIXES, check_output_path, input_full_scale, read_image, write_image
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,8 @@ def _read_input(path: str) -> np.ndarray:
 
 def _check_output(path: str, image: np.ndarray, inputs: tuple[str | None, ...]) -> Path:
     """The output path, checked before any work (the result has the input's dtype and shape)."""
-    out = check_output_path(path, dtype=image.dtype, shape=image.shape, inputs=inputs)
+    scale = input_full_scale(image, name=inputs[0])
+    out = check_output_path(path, dtype=image.dtype, shape=image.shape, inputs=inputs, full_scale=scale)
     if image.dtype.kind == "f" and out.suffix.lower() not in TIFF_SUFFIXES:
         print(f"note: float input is written as 8-bit {out.suffix}; use .tif to keep float32", file=sys.stderr)
     return out

@@ -32,7 +32,7 @@ from .devices import pick_device
 from .errors import RefocusError, check_whole
 from .focalstack import CancelFn, Cancelled, ProgressFn, check_callbacks
 from .focus import box_mean_torch
-from .imaging import as_rgb, to_float
+from .imaging import as_rgb, shared_full_scale, to_float
 
 KERNELS = ("disk", "gaussian")
 # Kept slices of the default stack differ by up to ~0.93 px/view, i.e. a disk of radius ≈ 3.7 px over 7×7 views.
@@ -135,14 +135,14 @@ class BlurCompareResult:
     sigma_max: float
 
 
-def _as_chw(image: np.ndarray, name: str) -> np.ndarray:
+def _as_chw(image: np.ndarray, name: str, full_scale: float | None = None) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
-        return to_float(arr, name=name)[None]
+        return to_float(arr, name=name, full_scale=full_scale)[None]
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        return np.ascontiguousarray(np.moveaxis(to_float(arr, name=name)[..., :3], -1, 0))
+        return np.ascontiguousarray(np.moveaxis(to_float(arr, name=name, full_scale=full_scale)[..., :3], -1, 0))
     raise RefocusError(f"{name} has shape {arr.shape}; expected a gray (H, W) or colour (H, W, 3|4) image.")
 
 
@@ -221,7 +221,8 @@ def blur_and_compare(
 ) -> BlurCompareResult:
     """Refocus ``image`` near↔far with its in-focus ``radiance`` (paper Fig. 4).
 
-    ``image``, ``radiance``: the same shape, gray (H, W) or colour (H, W, 3|4), uint8/uint16/float in [0, 1].
+    ``image``, ``radiance``: the same shape, gray (H, W) or colour (H, W, 3|4), uint8/uint16/float (in [0, 1],
+    or on a scale of its own, shared by both: see :func:`~.imaging.shared_full_scale`; the result is in [0, 1]).
     ``radii``: candidate defocus radii in px (default: 0…4 by 0.25 for disks, 0…2 by 0.125 for Gaussians).
     ``sigma_max``: σ_max of σ' = σ_max − σ; None takes the 99th percentile of the estimated σ, which is the
     blur of the farthest-from-focus content when the input is focused at one end of the scene.
@@ -237,8 +238,9 @@ def blur_and_compare(
     if patch < 1 or patch % 2 == 0:
         raise RefocusError(f"patch must be a positive odd number of pixels, got {patch}.")
     levels = _check_radii(radii, kernel)
-    src = _as_chw(image, "input image")
-    rad = _as_chw(radiance, "radiance image")
+    shared = shared_full_scale(image, radiance, names=("input image", "radiance image"))
+    src = _as_chw(image, "input image", shared)
+    rad = _as_chw(radiance, "radiance image", shared)
     if src.shape[1:] != rad.shape[1:]:
         raise RefocusError(
             f"input image is {src.shape[1]}×{src.shape[2]} but the radiance is "
@@ -318,7 +320,8 @@ def blur_and_compare_image(
     """:func:`blur_and_compare` (``options`` are its keywords) with the refocused image put back as ``image``
     came: gray stays gray, RGBA keeps its alpha, 8 and 16 bits stay. What the command line writes and the
     widget shows. ``names`` name the two images in error messages."""
-    img, rad = as_rgb(image, name=names[0]), as_rgb(radiance, name=names[1])
+    shared = shared_full_scale(image, radiance, names=names)
+    img, rad = (as_rgb(a, name=n, full_scale=shared) for a, n in zip((image, radiance), names))
     _check_radiance_colour(image_gray=img.was_gray, radiance_gray=rad.was_gray)
     result = blur_and_compare(img.rgb, rad.rgb, **options)
     return replace(result, refocused=img.restore(result.refocused))

@@ -264,8 +264,8 @@ def apply_classical(image: np.ndarray, method: str, **params) -> np.ndarray:
 
 
 def apply_classical_image(image: np.ndarray, method: str, *, name: str = "image", **params) -> np.ndarray:
-    """:func:`apply_classical` on one image as it comes (gray, RGB or RGBA; uint8, uint16 or float in [0, 1]),
-    the result put back the same way: gray stays gray, alpha is re-attached, the dtype kept. What the command
+    """:func:`apply_classical` on one image as it comes (gray, RGB or RGBA; uint8, uint16 or float on any scale),
+    the result put back the same way: gray stays gray, alpha is re-attached, the dtype and scale kept. What the command
     line writes and the widget shows; ``name`` names the image in error messages."""
     img = as_rgb(image, name=name)
     return img.restore(apply_classical(img.rgb, method, **params))

@@ -99,7 +99,8 @@ def sml(
 
     ``image``: (..., H, W) gray or (..., H, W, 3|4) colour, any of uint8/uint16/float.
     ``rgb``: whether the last axis is colour; guessed (last axis of length 3 or 4 with ndim ≥ 3) when None.
-    Returns float32 (..., H, W), one map per 2-D slice.
+    Returns float32 (..., H, W), one map per 2-D slice, in units of the image's full scale (a float image on a
+    scale of its own is taken at it: see :func:`~.imaging.float_full_scale`).
     """
     device = pick_device(device, default="cpu")
     arr = np.asarray(image)

@@ -24,7 +24,7 @@ from .devices import pick_device
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn, check_callbacks
 from .focus import FOCUS_MEASURES, _gray_torch
-from .imaging import from_float, native_8bit, to_float
+from .imaging import float_full_scale, from_float, native_8bit, to_float
 
 DEFAULT_MEASURES = ("sml", "tenengrad", "laplacian_variance", "gradient_energy")
 DEFAULT_WINDOW = 9
@@ -115,9 +115,10 @@ def all_in_focus(
 ) -> tuple[np.ndarray, np.ndarray]:
     """All-in-focus image and depth-index map of a focal stack.
 
-    ``stack``: (S, H, W) gray or (S, H, W, C) colour, uint8/uint16/float in [0, 1], S ≥ 2; ``rgb`` says which
-    when the shape is ambiguous. ``measures``: names from :data:`FOCUS_MEASURES`; ``window``: their odd
-    window side; ``blend_sigma``: seam smoothing of the blending weights in px (0 = hard argmax).
+    ``stack``: (S, H, W) gray or (S, H, W, C) colour, uint8/uint16/float (scaled by :func:`~.imaging.to_float`;
+    the image is returned in [0, 1] of that scale), S ≥ 2; ``rgb`` says which when the shape is ambiguous.
+    ``measures``: names from :data:`FOCUS_MEASURES`; ``window``: their odd window side; ``blend_sigma``: seam
+    smoothing of the blending weights in px (0 = hard argmax).
     Returns (all-in-focus float32 (H, W[, C]), depth index float32 (H, W): 0-based sharpest slice, fractional
     by parabolic refinement). ``progress`` counts measure evaluations plus one blending step.
     """
@@ -181,4 +182,7 @@ def all_in_focus_image(stack: np.ndarray, **options) -> tuple[np.ndarray, np.nda
     what the command line writes and the widget shows. The depth index stays float32."""
     stack = native_8bit(np.asarray(stack))
     aif, depth = all_in_focus(stack, **options)
-    return from_float(aif, output_dtype(stack.dtype)), depth
+    image = from_float(aif, output_dtype(stack.dtype))
+    if stack.dtype.kind == "f":
+        image *= np.float32(float_full_scale(stack, name="focal stack"))  # back on the stack's own scale
+    return image, depth

@@ -20,9 +20,9 @@ import numpy as np
 from .errors import RefocusError
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
-# Float input may overshoot [0, 1] by this much (then it is clipped): a focal stack's cubic (Keys) shift-and-sum
-# of [0, 1] views stays within [-0.282, 1.266] (the sums of the 2-D kernel's negative and positive weights at
-# half-pixel shifts), while a 0..255 or signed image lies far outside.
+# Float input may overshoot its full scale by this share of it (then it is clipped): a focal stack's cubic (Keys)
+# shift-and-sum of [0, 1] views stays within [-0.282, 1.266] (the sums of the 2-D kernel's negative and positive
+# weights at half-pixel shifts). Float data reaching further past 1 is on a scale of its own (0..255, photon counts).
 FLOAT_RANGE_SLACK = 0.3
 
 
@@ -36,12 +36,10 @@ PEAK_SAMPLE_VALUES = 1_000_000  # the percentile is taken on every k-th row of l
 
 
 def check_float_range(arr: np.ndarray, *, name: str = "image") -> None:
-    """Float images hold [0, 1] intensities: NaN/Inf, or values beyond [0, 1] by more than
-    FLOAT_RANGE_SLACK, are a clear error. Slight overshoot (cubic shift-and-sum, sharpening) is allowed; a
-    float image on another scale (0..255, 0..65535, signed) would otherwise be silently wrong."""
-    if not np.isfinite(arr).all():
-        raise RefocusError(f"{name} contains NaN or Inf values; clean the data first.")
-    lo, hi = float(arr.min()), float(arr.max())
+    """Float data written to an 8/16-bit file holds [0, 1] intensities: NaN/Inf, or values beyond [0, 1] by more
+    than FLOAT_RANGE_SLACK, are a clear error. Slight overshoot (cubic shift-and-sum, sharpening) is allowed; a
+    float image on another scale (0..255, 0..65535, signed) would otherwise be written wrong."""
+    lo, hi = _finite_range(arr, name)
     if lo < -FLOAT_RANGE_SLACK or hi > 1 + FLOAT_RANGE_SLACK:
         raise RefocusError(
             f"{name} is a float image with values {lo:.4g}…{hi:.4g}; float images must hold intensities "
@@ -49,9 +47,57 @@ def check_float_range(arr: np.ndarray, *, name: str = "image") -> None:
         )
 
 
-def to_float(image: np.ndarray, *, name: str = "image") -> np.ndarray:
-    """Scale an integer or float array to float32 in [0, 1]: integers by their dtype's full scale, floats as
-    they are (checked by :func:`check_float_range`, slight overshoot clipped). Empty input is an error."""
+def _finite_range(arr: np.ndarray, name: str) -> tuple[float, float]:
+    if arr.size == 0:
+        raise RefocusError(f"{name} is empty (shape {arr.shape}).")
+    if not np.isfinite(arr).all():
+        raise RefocusError(f"{name} contains NaN or Inf values; clean the data first.")
+    return float(arr.min()), float(arr.max())
+
+
+def float_full_scale(arr: np.ndarray, *, name: str = "image", full_scale: float | None = None) -> float:
+    """The full scale of float data, which the tools divide it by: 1 for intensities in [0, 1] (overshoot up to
+    FLOAT_RANGE_SLACK is clipped), else the data's maximum, so that a float image on a scale of its own (0..255,
+    0..4095, photon counts) is taken at that scale and its results come back on it. ``full_scale``: the scale
+    the data must share (a radiance that of its image), checked instead. NaN/Inf, and negative values beyond the
+    slack, are clear errors."""
+    lo, hi = _finite_range(arr, name)
+    scale = full_scale if full_scale is not None else (1.0 if hi <= 1 + FLOAT_RANGE_SLACK else hi)
+    if lo < -FLOAT_RANGE_SLACK * scale:
+        raise RefocusError(
+            f"{name} is a float image with values {lo:.4g}…{hi:.4g}; intensities cannot be negative. Shift or clip "
+            "the data to non-negative values first."
+        )
+    if hi > (1 + FLOAT_RANGE_SLACK) * scale:
+        raise RefocusError(f"{name} holds values up to {hi:.4g}, beyond its full scale {scale:.4g}.")
+    return scale
+
+
+def shared_full_scale(image: np.ndarray, radiance: np.ndarray, *, names: tuple[str, str]) -> float | None:
+    """One full scale for a float image and its float radiance, so that both are divided alike: the larger of
+    their own (:func:`float_full_scale`), which must agree within FLOAT_RANGE_SLACK (a [0, 1] image with a 0..255
+    radiance is an error). None unless both are float: integers have their dtype's."""
+    image, radiance = np.asarray(image), np.asarray(radiance)
+    if image.dtype.kind != "f" or radiance.dtype.kind != "f":
+        return None
+    scales = [float_full_scale(a, name=n) for a, n in zip((image, radiance), names)]
+    if max(scales) > (1 + FLOAT_RANGE_SLACK) * min(scales):
+        raise RefocusError(
+            f"{names[0]} and {names[1]} are on different scales (full scales {scales[0]:.4g} and {scales[1]:.4g}); "
+            "give both on one scale."
+        )
+    return max(scales)
+
+
+def input_full_scale(image: np.ndarray, *, name: str = "image") -> float:
+    """:func:`float_full_scale` of float data, 1 for any other: what a command checks its output against."""
+    arr = np.asarray(image)
+    return float_full_scale(arr, name=name) if arr.dtype.kind == "f" else 1.0
+
+
+def to_float(image: np.ndarray, *, name: str = "image", full_scale: float | None = None) -> np.ndarray:
+    """Scale an integer or float array to float32 in [0, 1]: integers by their dtype's full scale, floats by
+    :func:`float_full_scale` (``full_scale`` as there; slight overshoot clipped). Empty input is an error."""
     arr = np.asarray(image)
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")
@@ -63,9 +109,16 @@ def to_float(image: np.ndarray, *, name: str = "image") -> np.ndarray:
             raise RefocusError(f"{name} has integer dtype {arr.dtype}; expected uint8, uint16 or float.")
         return arr.astype(np.float32) / np.float32(info.max)
     if np.issubdtype(arr.dtype, np.floating):
-        check_float_range(arr, name=name)
-        return np.clip(arr, 0.0, 1.0, dtype=np.float32)  # a new array: the caller's is never touched
+        return _scaled_float(arr, float_full_scale(arr, name=name, full_scale=full_scale))
     raise RefocusError(f"{name} has unsupported dtype {arr.dtype}; expected uint8, uint16 or float.")
+
+
+def _scaled_float(arr: np.ndarray, scale: float) -> np.ndarray:
+    """Float data divided by its full ``scale`` into a new float32 array in [0, 1] (the caller's is never touched)."""
+    out = np.clip(arr, 0.0, scale, dtype=np.float32)
+    if scale != 1:
+        out *= np.float32(1 / scale)
+    return out
 
 
 def from_float(image: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
@@ -97,26 +150,38 @@ class RGBImage:
     alpha: np.ndarray | None
     was_gray: bool
     dtype: np.dtype
+    full_scale: float = 1.0  # of float data (see float_full_scale); integers use their dtype's
 
     def restore(self, rgb: np.ndarray) -> np.ndarray:
-        """Return ``rgb`` in the caller's original layout and dtype (gray stays gray, alpha re-attached)."""
+        """Return ``rgb`` in the caller's original layout, dtype and scale (gray stays gray, alpha re-attached)."""
         out = rgb.mean(axis=-1) if self.was_gray else rgb
         if self.alpha is not None:
             out = np.concatenate([out, self.alpha[..., None]], axis=-1)
-        return from_float(out, self.dtype)
+        restored = from_float(out, self.dtype)
+        if self.full_scale != 1:
+            restored *= np.float32(self.full_scale)
+        return restored
 
 
-def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1) -> RGBImage:
-    """Normalise a single 2-D image, gray (H, W), (H, W, 1), RGB or RGBA, to float RGB."""
+def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1, full_scale: float | None = None) -> RGBImage:
+    """Normalise a single 2-D image, gray (H, W), (H, W, 1), RGB or RGBA, to float RGB. ``full_scale``: the scale
+    of float data shared with another image (see :func:`shared_full_scale`); integer data ignores it."""
     arr = native_8bit(np.asarray(image))
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    scale = 1.0
+    if arr.dtype.kind == "f":
+        scale = float_full_scale(arr, name=name, full_scale=full_scale)
+
+    def scaled() -> np.ndarray:
+        return _scaled_float(arr, scale) if arr.dtype.kind == "f" else to_float(arr, name=name)
+
     if arr.ndim == 2:
         was_gray, alpha = True, None
-        rgb = np.repeat(to_float(arr, name=name)[..., None], 3, axis=-1)
+        rgb = np.repeat(scaled()[..., None], 3, axis=-1)
     elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
         was_gray = False
-        f = to_float(arr, name=name)
+        f = scaled()
         rgb, alpha = f[..., :3], (f[..., 3] if arr.shape[-1] == 4 else None)
     else:
         raise RefocusError(
@@ -126,7 +191,7 @@ def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1) -> RGBI
     h, w = rgb.shape[:2]
     if h < min_size or w < min_size:
         raise RefocusError(f"{name} is {h}×{w} pixels; at least {min_size}×{min_size} is needed.")
-    return RGBImage(np.ascontiguousarray(rgb), alpha, was_gray, arr.dtype)  # native order: native_8bit above
+    return RGBImage(np.ascontiguousarray(rgb), alpha, was_gray, arr.dtype, scale)  # native order: native_8bit above
 
 
 def native_8bit(arr: np.ndarray) -> np.ndarray:
@@ -156,7 +221,7 @@ def image_slices(
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")
     if arr.dtype.kind == "f":
-        check_float_range(arr, name=name)
+        float_full_scale(arr, name=name)
     if rgb is None:
         rgb = arr.ndim >= 3 and arr.shape[-1] in (1, 3, 4)
         if arr.ndim == 3 and arr.shape[-1] < 8 and not rgb:  # 2, 5, 6, 7: neither colour nor a likely width
@@ -319,11 +384,13 @@ def check_output_path(
     shape: tuple[int, ...] = (),
     inputs: tuple[str | Path | None, ...] = (),
     float_data: bool = False,
+    full_scale: float = 1.0,
 ) -> Path:
     """Refuse, before any work, an output that :func:`write_image` could not write as asked: an unknown
     suffix, a folder, one of the ``inputs`` (the command's input files and its other outputs), a stack or
-    float data (``float_data``: SML maps, focal stacks) in anything but TIFF, 16 bits or alpha in JPEG.
-    ``dtype``/``shape``: the result's, as written."""
+    float data (``float_data``: SML maps, focal stacks; or a float image whose ``full_scale`` is not 1, see
+    :func:`input_full_scale`) in anything but TIFF, 16 bits or alpha in JPEG. ``dtype``/``shape``: the
+    result's, as written."""
     out = Path(path)
     suffix = _output_suffix(out)
     if out.is_dir():
@@ -335,6 +402,11 @@ def check_output_path(
         return out
     if float_data:
         raise RefocusError(f"this result is float32 data; write it as .tif ({suffix} would round it to 8 bits).")
+    if np.dtype(dtype).kind == "f" and full_scale != 1:
+        raise RefocusError(
+            f"the input is a float image on a scale of its own (full scale {full_scale:.4g}), and so is the "
+            f"result; write it as .tif ({suffix} would round it to 8 bits of [0, 1])."
+        )
     dtype = np.dtype(dtype).newbyteorder("=")
     single = len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))
     if not single:

@@ -55,7 +55,7 @@ from .devices import available_devices, pick_device  # noqa: F401 - the widgets 
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn, check_callbacks
 from .focus import SMLParams, focus_channel
-from .imaging import as_rgb, exposure_gain, image_slices, store_slice
+from .imaging import as_rgb, exposure_gain, image_slices, shared_full_scale, store_slice
 from .networks import Generator, GeneratorConfig, InstanceNorm
 from .weights import LoadedModel
 
@@ -370,12 +370,13 @@ def refocus(
     with _prepared(generator, settings, hw, tracker) as run:
         for index in lead:
             tracker.check()
-            src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
+            shared = None if rad is None else shared_full_scale(arr[index], rad[index], names=("image", "radiance"))
+            src = as_rgb(arr[index], name="image", min_size=MIN_SIZE, full_scale=shared)
             h, w = src.rgb.shape[:2]
             gain = exposure_gain(src.rgb)  # the radiance is brightened with the image's gain, not its own
             rad01, rad_gain = None, gain
             if rad is not None:
-                rad_src = as_rgb(rad[index], name="radiance", min_size=MIN_SIZE)
+                rad_src = as_rgb(rad[index], name="radiance", min_size=MIN_SIZE, full_scale=shared)
                 if rad_src.rgb.shape != src.rgb.shape:
                     raise RefocusError(
                         f"radiance slices are {rad_src.rgb.shape[:2]}; the image's are {src.rgb.shape[:2]}."
