@@ -224,3 +224,13 @@ def test_gray_with_a_channel_axis_writes_png_and_two_outputs_must_differ(files, 
     argv = ["blur-compare", png, "--radiance", png, "-o", str(d / "x.tif"), "--sigma-map", str(d / "x.tif")]
     assert main(argv) == 2
     assert "another output" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [("-1e-3", -1e-3), ("-2E+0", -2.0), ("-.5", -0.5), ("-3", -3.0), ("-1.5e-1", -0.15)])
+def test_negative_delta_in_any_number_notation_needs_no_equals_sign(text, value):
+    from napari_refocusgan.cli import build_parser
+
+    args = build_parser().parse_args(["refocus", "in.png", "--delta", text, "-o", "out.png"])
+    assert args.delta == pytest.approx(value)
+    with pytest.raises(SystemExit):  # an option-like word is still not a number
+        build_parser().parse_args(["refocus", "in.png", "--delta", "-o", "out.png"])

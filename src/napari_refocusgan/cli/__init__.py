@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from ..core.allocator import retain_freed_memory
@@ -13,8 +14,19 @@ from . import classical_cmds, network_cmds, stack_cmds
 COMMAND_MODULES = [stack_cmds, classical_cmds, network_cmds]
 
 
+# argparse (before Python 3.14) reads "-1e-3" as an unknown option, so "--delta -1e-3" failed with "expected one
+# argument"; its own pattern knows only "-1" and "-.5". Subparsers take the class of their parent.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="refocusgan",
         description="Single-image refocusing (RefocusGAN): focal stacks, focus measures, deblur, refocus.",
     )
