@@ -95,6 +95,20 @@ def test_float_counts_run_on_their_own_scale_and_must_be_written_as_tiff(files, 
     assert not list(d.glob("out.*"))
 
 
+def test_int16_tiff_in_int16_tiff_out_and_png_refused_before_the_work(files, capsys):
+    signed = (files["image"].astype(np.int16) * 128).astype(np.int16)  # 15-bit intensities
+    path, d = files["dir"] / "signed.tif", files["dir"]
+    tifffile.imwrite(path, signed, photometric="rgb")
+    assert main(["deblur", str(path), "-o", str(d / "out.tif"), "--weights", str(files["g1"])]) == 0
+    written = tifffile.imread(d / "out.tif")
+    assert written.dtype == np.int16
+    np.testing.assert_array_equal(written, deblur(signed, load_generator(files["g1"])))
+    capsys.readouterr()
+    assert main(["deblur", str(path), "-o", str(d / "out.png"), "--weights", str(files["g1"])]) == 2
+    assert "holds unsigned 8 or 16 bits; write the int16 result as .tif" in capsys.readouterr().err
+    assert not (d / "out.png").exists()
+
+
 def test_refocus_with_given_radiance_or_with_g1(files):
     rad_path, out1, out2 = (files["dir"] / n for n in ("rad.png", "r1.png", "r2.png"))
     assert main(["deblur", str(files["png"]), "-o", str(rad_path), "--weights", str(files["g1"])]) == 0

@@ -7,6 +7,7 @@ from napari_refocusgan.core.errors import RefocusError
 from napari_refocusgan.core.imaging import (
     DIM_PEAK,
     as_rgb,
+    check_output_path,
     exposure_gain,
     from_float,
     read_image,
@@ -22,10 +23,37 @@ def test_dtype_round_trip():
     np.testing.assert_array_equal(from_float(to_float(u16), np.uint16), u16)
 
 
-@pytest.mark.parametrize("bad", [np.array([[np.nan]]), np.array([[np.inf, 0]]), np.zeros((0, 3)), np.zeros((2, 2), np.int16)])
-def test_bad_values(bad):
-    with pytest.raises(RefocusError):
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.array([[np.nan]]), "NaN"),
+        (np.array([[np.inf, 0]]), "NaN or Inf"),
+        (np.zeros((0, 3)), "empty"),
+        (np.array([[-1, 5]], np.int16), "int16 with values down to -1; intensities cannot be negative"),
+        (np.zeros((2, 2), np.int32), "integer dtype int32"),
+    ],
+)
+def test_bad_values(bad, message):
+    with pytest.raises(RefocusError, match=message):
         to_float(bad)
+
+
+def test_signed_16_bit_intensities_run_as_15_bits_and_come_back_signed():
+    """int16 without negative values (some cameras' and TIFF writers' 16 bits) is scaled by 32767, like uint16 by
+    65535, and every tool gives it back as int16; a PNG output is refused before the work."""
+    from napari_refocusgan.core.classical import apply_classical_image
+    from napari_refocusgan.core.focus_stacking import all_in_focus_image
+
+    rng = np.random.default_rng(9)
+    signed = rng.integers(0, 32768, (16, 18, 3)).astype(np.int16)
+    np.testing.assert_array_equal(to_float(signed), signed.astype(np.float32) / 32767)
+    np.testing.assert_array_equal(from_float(to_float(signed), np.int16), signed)
+    sharpened = apply_classical_image(signed, "unsharp")
+    assert sharpened.dtype == np.int16
+    np.testing.assert_array_equal(sharpened, from_float(apply_classical_image(to_float(signed), "unsharp"), np.int16))
+    assert all_in_focus_image(np.stack([signed, signed // 2]))[0].dtype == np.int16
+    with pytest.raises(RefocusError, match="holds unsigned 8 or 16 bits; write the int16 result as .tif"):
+        check_output_path(Path("out.png"), dtype=np.int16, shape=signed.shape)
 
 
 def test_gray_and_rgba_layouts_restore():

@@ -134,6 +134,10 @@ def test_dtypes_and_layouts_come_back_as_they_went_in(g1):
     out16 = deblur(u16, g1)
     assert out16.dtype == np.uint16
     np.testing.assert_allclose(out16 / 65535, float_out, atol=2e-3)
+    i16 = (img * 32767).round().astype(np.int16)  # signed 16 bits without negative values: 15-bit intensities
+    out_i16 = deblur(i16, g1)
+    assert out_i16.dtype == np.int16
+    np.testing.assert_allclose(out_i16 / 32767, float_out, atol=2e-3)
     assert deblur(img.astype(np.float64), g1).dtype == np.float32
 
     gray = img.mean(axis=-1)
@@ -391,6 +395,7 @@ def test_a_bool_mask_runs_as_8_bit_0_and_255(g1):
         (np.full((16, 16, 3), np.nan, np.float32), "NaN or Inf"),
         (np.full((16, 16), np.inf), "NaN or Inf"),
         (np.full((16, 16), -0.5, np.float32), "values -0.5…-0.5; intensities cannot be negative"),
+        (np.full((16, 16), -3, np.int16), "int16 with values down to -3; intensities cannot be negative"),
         (np.zeros((0, 16, 3), np.uint8), "empty"),
         (np.zeros((16, 16, 2), np.uint8), "last axis of 2"),
         (np.zeros(16, np.uint8), "expected a 2-D image"),

@@ -1330,6 +1330,19 @@ def test_classical_widget_bad_layers_are_notifications_and_uint16_stays_uint16(v
     assert out.dtype == np.uint16
     np.testing.assert_array_equal(out, from_float(apply_classical(to_float(image16), "unsharp"), np.uint16))
 
+    signed = viewer.add_image((image16 // 2).astype(np.int16), name="signed", rgb=True)  # int16, no negatives
+    widget._image.value = signed
+    widget._run_button.clicked()
+    out = viewer.layers["signed unsharp"].data
+    assert out.dtype == np.int16
+    np.testing.assert_array_equal(out, from_float(apply_classical(to_float(signed.data), "unsharp"), np.int16))
+    negative = viewer.add_image(np.full((16, 16), -5, np.int16), name="negative")
+    before = snapshot(negative)
+    widget._image.value = negative
+    widget._run_button.clicked()
+    assert any("intensities cannot be negative" in m for m in notes.errors()) and "negative unsharp" not in viewer.layers
+    assert_unchanged(negative, before)
+
 
 def test_blur_and_compare_radii_field(viewer, notes):
     from napari_refocusgan.core.blur_compare import blur_and_compare

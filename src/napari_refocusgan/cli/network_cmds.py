@@ -54,7 +54,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def _read_input(path: str) -> np.ndarray:
     image = read_image(path)
-    if image.dtype.kind not in "uf":
+    if image.dtype.kind not in "uif":  # the core names what it takes of these
         raise RefocusError(f"{path} has pixel type {image.dtype}; expected 8/16-bit or float.")
     return image
 

@@ -169,12 +169,12 @@ def all_in_focus(
 
 
 def output_dtype(stack_dtype) -> np.dtype:
-    """The dtype an all-in-focus image is given back in: 8 and 16 bits stay (a bool mask's is 8-bit 0/255, as
-    it is read), anything else float32."""
+    """The dtype an all-in-focus image is given back in: 8 and 16 bits (signed too) stay (a bool mask's is 8-bit
+    0/255, as it is read), anything else float32."""
     dtype = np.dtype(stack_dtype)
     if dtype == bool:
         return np.dtype(np.uint8)
-    return dtype.newbyteorder("=") if dtype.kind == "u" and dtype.itemsize <= 2 else np.dtype(np.float32)
+    return dtype.newbyteorder("=") if dtype.kind in "ui" and dtype.itemsize <= 2 else np.dtype(np.float32)
 
 
 def all_in_focus_image(stack: np.ndarray, **options) -> tuple[np.ndarray, np.ndarray]:

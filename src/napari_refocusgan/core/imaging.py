@@ -24,6 +24,7 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 # shift-and-sum of [0, 1] views stays within [-0.282, 1.266] (the sums of the 2-D kernel's negative and positive
 # weights at half-pixel shifts). Float data reaching further past 1 is on a scale of its own (0..255, photon counts).
 FLOAT_RANGE_SLACK = 0.3
+SUPPORTED_DTYPES = "uint8, uint16 or float (or int8/int16 without negative values)"
 
 
 # The networks learnt from scenes whose bright end (99.9th percentile) lies at 0.19…0.88 of full scale. Much dimmer
@@ -104,13 +105,23 @@ def to_float(image: np.ndarray, *, name: str = "image", full_scale: float | None
     if arr.dtype == bool:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
-        info = np.iinfo(arr.dtype)
-        if info.min < 0 or arr.dtype.itemsize > 2:  # 32/64-bit counts have no conventional full scale
-            raise RefocusError(f"{name} has integer dtype {arr.dtype}; expected uint8, uint16 or float.")
-        return arr.astype(np.float32) / np.float32(info.max)
+        return arr.astype(np.float32) / np.float32(integer_full_scale(arr, name=name))
     if np.issubdtype(arr.dtype, np.floating):
         return _scaled_float(arr, float_full_scale(arr, name=name, full_scale=full_scale))
-    raise RefocusError(f"{name} has unsupported dtype {arr.dtype}; expected uint8, uint16 or float.")
+    raise RefocusError(f"{name} has unsupported dtype {arr.dtype}; expected {SUPPORTED_DTYPES}.")
+
+
+def integer_full_scale(arr: np.ndarray, *, name: str = "image") -> int:
+    """The full scale of 8/16-bit integer data, its dtype's maximum. Signed int8/int16 (some cameras and TIFF
+    writers) hold intensities too, unless a value is negative; 32/64-bit counts have no conventional full scale."""
+    if arr.dtype.itemsize > 2:
+        raise RefocusError(f"{name} has integer dtype {arr.dtype}; expected {SUPPORTED_DTYPES}.")
+    if arr.dtype.kind == "i" and arr.size and int(arr.min()) < 0:
+        raise RefocusError(
+            f"{name} is {arr.dtype} with values down to {int(arr.min())}; intensities cannot be negative. Shift or "
+            "clip the data to non-negative values first."
+        )
+    return int(np.iinfo(arr.dtype).max)
 
 
 def _scaled_float(arr: np.ndarray, scale: float) -> np.ndarray:
@@ -216,12 +227,14 @@ def image_slices(
     ``min_size`` pixels a side are refused, naming ``needed_by``.
     """
     arr = native_8bit(np.asarray(image))
-    if arr.dtype.kind not in "uf" or (arr.dtype.kind == "u" and arr.dtype.itemsize > 2):
-        raise RefocusError(f"{name} has dtype {arr.dtype}; expected uint8, uint16 or float.")
+    if arr.dtype.kind not in "uif" or (arr.dtype.kind in "ui" and arr.dtype.itemsize > 2):
+        raise RefocusError(f"{name} has dtype {arr.dtype}; expected {SUPPORTED_DTYPES}.")
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")
     if arr.dtype.kind == "f":
         float_full_scale(arr, name=name)
+    elif arr.dtype.kind == "i":
+        integer_full_scale(arr, name=name)
     if rgb is None:
         rgb = arr.ndim >= 3 and arr.shape[-1] in (1, 3, 4)
         if arr.ndim == 3 and arr.shape[-1] < 8 and not rgb:  # 2, 5, 6, 7: neither colour nor a likely width
@@ -408,6 +421,8 @@ def check_output_path(
             f"result; write it as .tif ({suffix} would round it to 8 bits of [0, 1])."
         )
     dtype = np.dtype(dtype).newbyteorder("=")
+    if dtype.kind == "i":
+        raise RefocusError(f"{suffix} holds unsigned 8 or 16 bits; write the {dtype} result as .tif.")
     single = len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))
     if not single:
         raise RefocusError(f"a result of shape {tuple(shape)} is a stack; write it as .tif.")
