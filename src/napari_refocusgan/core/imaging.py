@@ -33,7 +33,7 @@ SUPPORTED_DTYPES = "uint8, uint16 or float (or int8/int16 without negative value
 # images for the networks; the results are dimmed back.
 DIM_PEAK = 0.25
 PEAK_PERCENTILE = 99.9  # robust to a few hot pixels, which would pin the maximum
-PEAK_SAMPLE_VALUES = 1_000_000  # the percentile is taken on every k-th row of larger images
+PEAK_SAMPLE_VALUES = 250_000  # the percentile is taken on every k-th row of larger images (about 5 ms)
 
 
 def check_float_range(arr: np.ndarray, *, name: str = "image") -> None:
