@@ -107,6 +107,10 @@ def test_int16_tiff_in_int16_tiff_out_and_png_refused_before_the_work(files, cap
     assert main(["deblur", str(path), "-o", str(d / "out.png"), "--weights", str(files["g1"])]) == 2
     assert "holds unsigned 8 or 16 bits; write the int16 result as .tif" in capsys.readouterr().err
     assert not (d / "out.png").exists()
+    for dtype, values, message in ((np.int32, 5, "integer dtype int32"), (np.int16, -5, "values down to -5")):
+        tifffile.imwrite(d / "bad.tif", np.full((16, 16), values, dtype))
+        assert main(["deblur", str(d / "bad.tif"), "-o", str(d / "out.png"), "--weights", str(files["g1"])]) == 2
+        assert message in capsys.readouterr().err  # the input's problem first, not its output's
 
 
 def test_refocus_with_given_radiance_or_with_g1(files):

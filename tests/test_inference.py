@@ -599,3 +599,27 @@ def test_float_images_on_a_scale_of_their_own_come_back_on_it(g1, g2):
     )  # fmt: skip
     with pytest.raises(RefocusError, match="image and radiance are on different scales"):
         refocus(unit, 2.0, g2, radiance=rad * counts)
+
+
+def test_the_slices_of_a_float_stack_share_its_full_scale(g1, g2):
+    """Each slice of a float stack used to get its own full scale: a slice peaking at 1.25 in a stack reaching 200
+    was taken as [0, 1] and clipped at 1. The whole stack's scale applies to every slice, and a radiance whose peak
+    differs from its image's (a sharp one peaks higher) shares the pair's larger scale."""
+    unit = textured(32, 40, seed=9)
+    unit[0, 0, 0] = 1.0
+    stack = np.stack([unit * 200, unit * 1.25]).astype(np.float32)
+    out = deblur(stack, g1)
+    np.testing.assert_allclose(out[1], deblur(unit * 1.25 / 200, g1) * 200, rtol=1e-5, atol=1e-3)
+    assert out[1].max() > 1.0  # not clipped at 1
+    dim_image, bright_radiance = unit * 55, unit * 250
+    np.testing.assert_allclose(
+        refocus(dim_image, 2.0, g2, radiance=bright_radiance),
+        refocus(unit * 55 / 250, 2.0, g2, radiance=unit) * 250,
+        rtol=1e-5, atol=1e-3,
+    )  # fmt: skip
+    u8 = np.rint(unit * 255).astype(np.uint8)
+    refocus(u8, 2.0, g2, radiance=unit)  # a float [0, 1] radiance goes with an 8-bit image
+    with pytest.raises(RefocusError, match="radiance is float on a scale of its own .* partner is an 8/16-bit image"):
+        refocus(u8, 2.0, g2, radiance=unit * 255)
+    with pytest.raises(RefocusError, match="image and radiance are on different scales"):
+        refocus(unit, 2.0, g2, radiance=unit * 255)

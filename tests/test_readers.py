@@ -293,6 +293,15 @@ def test_name_hint_tips_weak_evidence_only(tmp_path):
     assert detect_format(tmp_path / "weak_eslf.png") == "eslf"
 
 
+def test_a_float_eslf_must_hold_unit_intensities():
+    """Its views were each scaled by their own maximum (one view 4× another's brightness for the same point)."""
+    lenslets = np.linspace(0, 200, 280 * 280 * 3, dtype=np.float32).reshape(280, 280, 3)
+    with pytest.raises(RefocusError, match="values 0…200; float images must hold intensities"):
+        lenslets_from_array(lenslets)
+    ok = lenslets_from_array(lenslets / 200)
+    np.testing.assert_allclose(ok.view(0, 0), lenslets[0::14, 0::14] / 200, rtol=1e-6)
+
+
 def test_eslf_wrong_sizes_are_explained(tmp_path):
     with pytest.raises(RefocusError, match="at least 224×224"):
         lenslets_from_array(np.zeros((100, 3000, 3), np.uint8))
@@ -868,6 +877,8 @@ def _uniform_grid(folder: Path, view: np.ndarray, ext: str) -> Path:
         (np.full((8, 8, 3), np.nan, np.float32), "tif", "NaN or Inf"),
         (np.full((8, 8, 3), np.inf, np.float32), "tif", "NaN or Inf"),
         (np.zeros((2, 8, 8, 3), np.float32), "tif", "shape (2, 8, 8, 3)"),
+        # float views on a scale of their own would each be scaled by their own maximum: refused, as before
+        (np.linspace(0, 250, 192, dtype=np.float32).reshape(8, 8, 3), "tif", "float images must hold intensities"),
     ],
 )
 def test_view_folders_with_bad_pixels_or_shapes_are_refused(tmp_path, view, ext, message):

@@ -235,6 +235,22 @@ def test_sml_widget_takes_uint16_rgba_and_nd_layers_as_the_core_does(viewer, not
     assert notes.errors() == []
 
 
+def test_sml_of_a_float_stack_on_its_own_scale_is_the_same_per_slice_and_accepted_by_deblur():
+    """Per slice, each slice of a 0..100 / 0..250 float stack got its own full scale, so the SML widget's maps
+    differed from sml(stack) and the Deblur widget refused the SML widget's own layer."""
+    from dataclasses import asdict
+
+    from napari_refocusgan._widgets.focus_widget import sml_per_slice
+    from napari_refocusgan._widgets.network_widgets import check_sml_layer
+
+    stack = np.random.default_rng(2).uniform(0, 1, (2, 32, 32)).astype(np.float32)
+    stack[0] *= 100
+    stack[1] *= 250
+    maps = sml_per_slice(stack, SMLParams(), rgb=False, progress=lambda *_: None, cancel=lambda: False)
+    np.testing.assert_allclose(maps, sml(stack), rtol=1e-5, atol=1e-7)
+    assert check_sml_layer("s SML", {"sml_params": asdict(SMLParams())}, maps, stack, False) == SMLParams()
+
+
 def test_sml_widget_refuses_inf(viewer, notes):
     bad = np.zeros((8, 8), np.float32)
     bad[0, 0] = np.inf
@@ -455,10 +471,10 @@ def test_cancel_between_slices_of_a_widget_run_adds_nothing(viewer, notes, monke
     widget._image.value = layer
     seen = []
 
-    def sml_then_press_cancel(image, params, rgb):
+    def sml_then_press_cancel(image, params, rgb, **options):
         seen.append(image.shape)
         widget.runner.request_cancel()  # the user presses Cancel while the first slice runs
-        return sml(image, params, rgb=rgb)
+        return sml(image, params, rgb=rgb, **options)
 
     monkeypatch.setattr(focus_widget, "sml", sml_then_press_cancel)
     widget._run_button.clicked()

@@ -9,6 +9,7 @@ from magicgui.widgets import Container, FloatSpinBox, PushButton, SpinBox
 
 from ..core.focalstack import Cancelled, CancelFn, ProgressFn
 from ..core.focus import SMLParams, sml
+from ..core.imaging import float_scale_or_none
 from .layer_io import (
     OutputLayers,
     chosen_layer,
@@ -23,8 +24,10 @@ from .workers import TaskRunner
 def sml_per_slice(
     data: np.ndarray, params: SMLParams, *, rgb: bool, progress: ProgressFn, cancel: CancelFn
 ) -> np.ndarray:
-    """:func:`core.focus.sml` slice by slice over the leading axes of a stack, reporting progress."""
+    """:func:`core.focus.sml` slice by slice over the leading axes of a stack, reporting progress. A float stack's
+    slices share its full scale, so that the maps equal ``sml(data)``."""
     params.check()
+    scale = float_scale_or_none(data, name="SML input")
     spatial_ndim = 3 if rgb else 2
     lead = data.shape[: max(data.ndim - spatial_ndim, 0)]
     if not lead:
@@ -37,7 +40,7 @@ def sml_per_slice(
     for i, image in enumerate(slices):
         if cancel():
             raise Cancelled()
-        maps.append(sml(image, params, rgb=rgb))
+        maps.append(sml(image, params, rgb=rgb, full_scale=scale))
         progress(i + 1, len(slices))
     return np.stack(maps).reshape(*lead, *maps[0].shape)
 
@@ -59,7 +62,7 @@ class SMLWidget(Container):
         )  # fmt: skip
         self._threshold = FloatSpinBox(
             label="threshold", value=d.threshold, min=0.0, max=1.0, step=0.001,
-            tooltip="modified-Laplacian values below this noise floor count as zero (intensity units, [0, 1])",
+            tooltip="modified-Laplacian values below this noise floor count as zero (in units of full scale)",
         )  # fmt: skip
         self._run_button = PushButton(text="Compute SML")
         self.runner = TaskRunner()

@@ -133,8 +133,9 @@ def check_sml_layer(name: str, metadata: dict, sml_map: np.ndarray, image: np.nd
     ``image`` by the "Focus measure (SML)" widget.
 
     core.inference.deblur computes G1's focus channel from the image itself; a chosen SML layer therefore
-    contributes its parameters, after checking that it really is the SML of this image with them (so the
-    network sees exactly the map the user chose).
+    contributes its parameters, after checking that it really is the SML of this image with them (so that the
+    network's focus channel is that map's, computed the same way; on a dim image after its brightening,
+    see core.imaging.exposure_gain).
     """
     recorded = metadata.get("sml_params")
     if not recorded:

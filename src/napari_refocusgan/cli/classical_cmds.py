@@ -99,7 +99,7 @@ def cmd_classical(args: argparse.Namespace) -> int:
     raw = read_image(args.image)
     out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=(args.image,),
                                  full_scale=input_full_scale(raw, name=args.image))  # fmt: skip
-    arr, slices, _ = image_slices(raw, None, args.image)
+    arr, slices, _, scale = image_slices(raw, None, args.image)
     method = args.method
     if method == "sharpen":
         params = dict(size=args.kernel_size, amount=args.sharpen_amount)
@@ -120,7 +120,7 @@ def cmd_classical(args: argparse.Namespace) -> int:
         )
     out = None
     for index in slices:  # a stack (…, H, W[, C]) slice by slice
-        result = classical.apply_classical_image(arr[index], method, name=args.image, **params)
+        result = classical.apply_classical_image(arr[index], method, name=args.image, full_scale=scale, **params)
         out = store_slice(out, result, arr.shape, slices, index)
     path = write_image(out_path, out)
     print(f"wrote {path}: {method} {params}" + (f", {len(slices)} slices" if len(slices) > 1 else ""))

@@ -32,7 +32,7 @@ from .devices import pick_device
 from .errors import RefocusError, check_whole
 from .focalstack import CancelFn, Cancelled, ProgressFn, check_callbacks
 from .focus import box_mean_torch
-from .imaging import as_rgb, shared_full_scale, to_float
+from .imaging import as_rgb, float_scale_or_none, pair_full_scale, to_float
 
 KERNELS = ("disk", "gaussian")
 # Kept slices of the default stack differ by up to ~0.93 px/view, i.e. a disk of radius ≈ 3.7 px over 7×7 views.
@@ -146,6 +146,12 @@ def _as_chw(image: np.ndarray, name: str, full_scale: float | None = None) -> np
     raise RefocusError(f"{name} has shape {arr.shape}; expected a gray (H, W) or colour (H, W, 3|4) image.")
 
 
+def _pair_scale(image: np.ndarray, radiance: np.ndarray, names: tuple[str, str]) -> float | None:
+    """The full scale an image and its radiance share (see imaging.pair_full_scale)."""
+    scales = (float_scale_or_none(image, name=names[0]), float_scale_or_none(radiance, name=names[1]))
+    return pair_full_scale(*scales, names=names)
+
+
 def _check_radiance_colour(*, image_gray: bool, radiance_gray: bool) -> None:
     """The result is the re-blurred radiance: a gray one would silently drop a colour image's colour (refocus
     refuses the same pair)."""
@@ -222,7 +228,7 @@ def blur_and_compare(
     """Refocus ``image`` near↔far with its in-focus ``radiance`` (paper Fig. 4).
 
     ``image``, ``radiance``: the same shape, gray (H, W) or colour (H, W, 3|4), uint8/uint16/float (in [0, 1],
-    or on a scale of its own, shared by both: see :func:`~.imaging.shared_full_scale`; the result is in [0, 1]).
+    or on a scale of its own, shared by both: see :func:`~.imaging.pair_full_scale`; the result is in [0, 1]).
     ``radii``: candidate defocus radii in px (default: 0…4 by 0.25 for disks, 0…2 by 0.125 for Gaussians).
     ``sigma_max``: σ_max of σ' = σ_max − σ; None takes the 99th percentile of the estimated σ, which is the
     blur of the farthest-from-focus content when the input is focused at one end of the scene.
@@ -238,7 +244,7 @@ def blur_and_compare(
     if patch < 1 or patch % 2 == 0:
         raise RefocusError(f"patch must be a positive odd number of pixels, got {patch}.")
     levels = _check_radii(radii, kernel)
-    shared = shared_full_scale(image, radiance, names=("input image", "radiance image"))
+    shared = _pair_scale(image, radiance, ("input image", "radiance image"))
     src = _as_chw(image, "input image", shared)
     rad = _as_chw(radiance, "radiance image", shared)
     if src.shape[1:] != rad.shape[1:]:
@@ -320,7 +326,7 @@ def blur_and_compare_image(
     """:func:`blur_and_compare` (``options`` are its keywords) with the refocused image put back as ``image``
     came: gray stays gray, RGBA keeps its alpha, 8 and 16 bits stay. What the command line writes and the
     widget shows. ``names`` name the two images in error messages."""
-    shared = shared_full_scale(image, radiance, names=names)
+    shared = _pair_scale(image, radiance, names)
     img, rad = (as_rgb(a, name=n, full_scale=shared) for a, n in zip((image, radiance), names))
     _check_radiance_colour(image_gray=img.was_gray, radiance_gray=rad.was_gray)
     result = blur_and_compare(img.rgb, rad.rgb, **options)

@@ -2,10 +2,10 @@
 sharpening, and region-wise sharpening driven by the SML focus map.
 
 These are the methods of the student report on single-image in-focus methods (Onyemaobi & Belkasim),
-made comparable with the learned tools. Every function takes a float image in [0, 1], gray (H, W) or
-colour (H, W, 3), and returns a new float32 array of the same shape, clipped to [0, 1]; the input is
-never modified. Use :func:`~.imaging.as_rgb` / :meth:`~.imaging.RGBImage.restore` at the boundary for
-other dtypes, alpha, or to return the caller's dtype.
+made comparable with the learned tools. Every function takes a gray (H, W) or colour (H, W, 3) image, scaled to
+[0, 1] by :func:`~.imaging.to_float`, and returns a new float32 array of the same shape, clipped to [0, 1]; the
+input is never modified. Use :func:`apply_classical_image` (:func:`~.imaging.as_rgb` /
+:meth:`~.imaging.RGBImage.restore`) for other layouts, alpha, or to return the caller's dtype and scale.
 
 Colour: CLAHE and the CLAHE + sharpening combination work on the BT.601 luminance and scale R, G, B by
 the same per-pixel factor, so hue and the channel ratios are kept (the report's complaint was colour
@@ -263,9 +263,12 @@ def apply_classical(image: np.ndarray, method: str, **params) -> np.ndarray:
     return fn(image, **params)
 
 
-def apply_classical_image(image: np.ndarray, method: str, *, name: str = "image", **params) -> np.ndarray:
-    """:func:`apply_classical` on one image as it comes (gray, RGB or RGBA; uint8, uint16 or float on any scale),
-    the result put back the same way: gray stays gray, alpha is re-attached, the dtype and scale kept. What the command
-    line writes and the widget shows; ``name`` names the image in error messages."""
-    img = as_rgb(image, name=name)
+def apply_classical_image(
+    image: np.ndarray, method: str, *, name: str = "image", full_scale: float | None = None, **params
+) -> np.ndarray:
+    """:func:`apply_classical` on one image as it comes (gray, RGB or RGBA; 8/16-bit or float on any scale), the
+    result put back the same way: gray stays gray, alpha is re-attached, the dtype and scale kept. What the
+    command line writes and the widget shows; ``name`` names the image in error messages, ``full_scale`` is that
+    of the stack the image is a slice of (see :func:`~.imaging.image_slices`)."""
+    img = as_rgb(image, name=name, full_scale=full_scale)
     return img.restore(apply_classical(img.rgb, method, **params))

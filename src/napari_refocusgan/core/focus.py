@@ -20,7 +20,7 @@ from .imaging import LUMA_WEIGHTS, to_float
 @dataclass(frozen=True)
 class SMLParams:
     """step: Laplacian stride in pixels; window: side of the summing window (odd);
-    threshold: modified-Laplacian values below it count as zero (noise floor, in [0, 1] intensity units)."""
+    threshold: modified-Laplacian values below it count as zero (noise floor, in units of full scale)."""
 
     step: int = 1
     window: int = 9
@@ -94,13 +94,15 @@ def sml(
     *,
     rgb: bool | None = None,
     device: str | torch.device = "cpu",
+    full_scale: float | None = None,
 ) -> np.ndarray:
     """SML map of a 2-D image or an nD stack, gray or colour.
 
     ``image``: (..., H, W) gray or (..., H, W, 3|4) colour, any of uint8/uint16/float.
     ``rgb``: whether the last axis is colour; guessed (last axis of length 3 or 4 with ndim ≥ 3) when None.
     Returns float32 (..., H, W), one map per 2-D slice, in units of the image's full scale (a float image on a
-    scale of its own is taken at it: see :func:`~.imaging.float_full_scale`).
+    scale of its own is taken at it: see :func:`~.imaging.float_full_scale`; ``full_scale``: that of a stack
+    ``image`` is a slice of).
     """
     device = pick_device(device, default="cpu")
     arr = np.asarray(image)
@@ -117,7 +119,7 @@ def sml(
     spatial_ndim = 3 if rgb else 2
     if arr.ndim < spatial_ndim:
         raise RefocusError(f"SML needs a 2-D image; got shape {arr.shape}.")
-    data = to_float(arr, name="SML input")
+    data = to_float(arr, name="SML input", full_scale=full_scale)
     lead = data.shape[: data.ndim - spatial_ndim]
     h, w = data.shape[len(lead) : len(lead) + 2]
     if rgb:

@@ -32,8 +32,11 @@ SUPPORTED_DTYPES = "uint8, uint16 or float (or int8/int16 without negative value
 # the shipped G1 loses 0.3 dB to the identity, where it gains 0.5 dB at their own. exposure_gain brightens such
 # images for the networks; the results are dimmed back.
 DIM_PEAK = 0.25
-PEAK_PERCENTILE = 99.9  # robust to a few hot pixels, which would pin the maximum
-PEAK_SAMPLE_VALUES = 250_000  # the percentile is taken on every k-th row of larger images (about 5 ms)
+PEAK_PERCENTILE = 99.9  # the target ignores a few hot pixels; the brightest still caps the gain (nothing clips)
+PEAK_SAMPLE_VALUES = 250_000  # the percentile is taken on every k-th value of larger images (about 5 ms)
+# Float maxima of an image and its radiance differ by far more than this only when one is in [0, 1] and the other
+# on 0..255 or 0..65535: a defocused point is dimmer than in focus, but not 100 times within a focal stack.
+MAX_PAIR_SCALE_RATIO = 100.0
 
 
 def check_float_range(arr: np.ndarray, *, name: str = "image") -> None:
@@ -70,30 +73,52 @@ def float_full_scale(arr: np.ndarray, *, name: str = "image", full_scale: float 
             "the data to non-negative values first."
         )
     if hi > (1 + FLOAT_RANGE_SLACK) * scale:
-        raise RefocusError(f"{name} holds values up to {hi:.4g}, beyond its full scale {scale:.4g}.")
+        raise RefocusError(f"{name} holds values up to {hi:.4g}, beyond the full scale {scale:.4g} it must share.")
     return scale
 
 
-def shared_full_scale(image: np.ndarray, radiance: np.ndarray, *, names: tuple[str, str]) -> float | None:
-    """One full scale for a float image and its float radiance, so that both are divided alike: the larger of
-    their own (:func:`float_full_scale`), which must agree within FLOAT_RANGE_SLACK (a [0, 1] image with a 0..255
-    radiance is an error). None unless both are float: integers have their dtype's."""
-    image, radiance = np.asarray(image), np.asarray(radiance)
-    if image.dtype.kind != "f" or radiance.dtype.kind != "f":
-        return None
-    scales = [float_full_scale(a, name=n) for a, n in zip((image, radiance), names)]
-    if max(scales) > (1 + FLOAT_RANGE_SLACK) * min(scales):
-        raise RefocusError(
-            f"{names[0]} and {names[1]} are on different scales (full scales {scales[0]:.4g} and {scales[1]:.4g}); "
-            "give both on one scale."
-        )
-    return max(scales)
+def float_scale_or_none(image: np.ndarray, *, name: str = "image") -> float | None:
+    """:func:`float_full_scale` of a whole float input (a stack's slices then share it), None for integer data
+    (checked by :func:`integer_full_scale`: their dtype is their scale) and bool masks."""
+    arr = np.asarray(image)
+    if arr.dtype.kind == "f":
+        return float_full_scale(arr, name=name)
+    if arr.dtype.kind in "ui":
+        integer_full_scale(arr, name=name)
+    return None
 
 
 def input_full_scale(image: np.ndarray, *, name: str = "image") -> float:
-    """:func:`float_full_scale` of float data, 1 for any other: what a command checks its output against."""
-    arr = np.asarray(image)
-    return float_full_scale(arr, name=name) if arr.dtype.kind == "f" else 1.0
+    """:func:`float_scale_or_none`, 1 for integers: what a command checks its output against (before any work,
+    so a bad input is named before its output)."""
+    scale = float_scale_or_none(image, name=name)
+    return 1.0 if scale is None else scale
+
+
+def pair_full_scale(
+    image_scale: float | None, radiance_scale: float | None, *, names: tuple[str, str]
+) -> float | None:
+    """One full scale for an image and its radiance (their :func:`float_scale_or_none`), so that both are divided
+    alike: None when both are integers (each has its dtype's); the larger of the two float scales (a sharp radiance
+    peaks above its blurred image), unless one is [0, 1] and the other a hundred times more (0..255); 1 for a float
+    partner of an integer image, which must then hold [0, 1] as the integer's does."""
+    if image_scale is None and radiance_scale is None:
+        return None
+    if image_scale is None or radiance_scale is None:
+        float_name, scale = (names[1], radiance_scale) if image_scale is None else (names[0], image_scale)
+        if scale != 1:
+            raise RefocusError(
+                f"{float_name} is float on a scale of its own (full scale {scale:.4g}) but its partner is an 8/16-bit "
+                "image; give both as integers, or the float one in [0, 1]."
+            )
+        return 1.0
+    low, high = sorted((image_scale, radiance_scale))
+    if low == 1 and high > MAX_PAIR_SCALE_RATIO:
+        raise RefocusError(
+            f"{names[0]} and {names[1]} are on different scales (full scales {image_scale:.4g} and "
+            f"{radiance_scale:.4g}); give both on one scale."
+        )
+    return high
 
 
 def to_float(image: np.ndarray, *, name: str = "image", full_scale: float | None = None) -> np.ndarray:
@@ -148,7 +173,8 @@ def exposure_gain(rgb: np.ndarray) -> float:
     if brightest <= 0:
         return 1.0
     step = max(1, rgb.size // PEAK_SAMPLE_VALUES)
-    peak = float(np.percentile(rgb[::step], PEAK_PERCENTILE))
+    step += step % 3 == 0  # every channel and every row: a step of 3k would read one colour channel only
+    peak = float(np.percentile(rgb.reshape(-1)[::step], PEAK_PERCENTILE))
     gain = 1.0 / brightest if peak <= 0 else min(DIM_PEAK / peak, 1.0 / brightest)
     return max(1.0, gain)
 
@@ -176,7 +202,8 @@ class RGBImage:
 
 def as_rgb(image: np.ndarray, *, name: str = "image", min_size: int = 1, full_scale: float | None = None) -> RGBImage:
     """Normalise a single 2-D image, gray (H, W), (H, W, 1), RGB or RGBA, to float RGB. ``full_scale``: the scale
-    of float data shared with another image (see :func:`shared_full_scale`); integer data ignores it."""
+    of float data shared with the rest of its stack or with its pair (see :func:`float_scale_or_none`,
+    :func:`pair_full_scale`); integer data ignores it."""
     arr = native_8bit(np.asarray(image))
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -220,8 +247,10 @@ def native_byte_order(arr: np.ndarray) -> np.ndarray:
 
 def image_slices(
     image, rgb: bool | None, name: str, *, min_size: int = 1, needed_by: str = "the tools"
-) -> tuple[np.ndarray, list[tuple], tuple[int, int]]:
-    """Validate an image or stack (…, H, W[, C]) and list its 2-D slices: (array, slice indices, (H, W)).
+) -> tuple[np.ndarray, list[tuple], tuple[int, int], float | None]:
+    """Validate an image or stack (…, H, W[, C]) and list its 2-D slices: (array, slice indices, (H, W), full
+    scale). The full scale is that of the whole input (:func:`float_scale_or_none`): pass it to each slice's
+    :func:`as_rgb`, so that the slices of a float stack are scaled alike.
 
     ``rgb``: whether the last axis holds colour (1, 3 or 4 channels); guessed when None. Images smaller than
     ``min_size`` pixels a side are refused, naming ``needed_by``.
@@ -231,10 +260,7 @@ def image_slices(
         raise RefocusError(f"{name} has dtype {arr.dtype}; expected {SUPPORTED_DTYPES}.")
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")
-    if arr.dtype.kind == "f":
-        float_full_scale(arr, name=name)
-    elif arr.dtype.kind == "i":
-        integer_full_scale(arr, name=name)
+    full_scale = float_scale_or_none(arr, name=name)
     if rgb is None:
         rgb = arr.ndim >= 3 and arr.shape[-1] in (1, 3, 4)
         if arr.ndim == 3 and arr.shape[-1] < 8 and not rgb:  # 2, 5, 6, 7: neither colour nor a likely width
@@ -251,7 +277,7 @@ def image_slices(
     h, w = arr.shape[len(lead_shape) : len(lead_shape) + 2]
     if h < min_size or w < min_size:
         raise RefocusError(f"{name} is {h}×{w} pixels; {needed_by} need at least {min_size}×{min_size}.")
-    return arr, list(np.ndindex(*lead_shape)) if lead_shape else [()], (h, w)
+    return arr, list(np.ndindex(*lead_shape)) if lead_shape else [()], (h, w), full_scale
 
 
 def store_slice(

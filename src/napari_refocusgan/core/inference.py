@@ -55,7 +55,7 @@ from .devices import available_devices, pick_device  # noqa: F401 - the widgets 
 from .errors import RefocusError
 from .focalstack import CancelFn, Cancelled, ProgressFn, check_callbacks
 from .focus import SMLParams, focus_channel
-from .imaging import as_rgb, exposure_gain, image_slices, shared_full_scale, store_slice
+from .imaging import as_rgb, exposure_gain, image_slices, pair_full_scale, store_slice
 from .networks import Generator, GeneratorConfig, InstanceNorm
 from .weights import LoadedModel
 
@@ -308,13 +308,13 @@ def deblur(
     settings = _settings(device, tile, margin, precision)
     params = sml_params or file_sml
     params.check()
-    arr, lead, hw = _network_slices(image, rgb, "image")
+    arr, lead, hw, scale = _network_slices(image, rgb, "image")
     tracker = _Progress(progress, cancel, len(lead) * _units(settings, hw, generator))
     out = None
     with _prepared(generator, settings, hw, tracker) as run:
         for index in lead:
             tracker.check()
-            src = as_rgb(arr[index], name="image", min_size=MIN_SIZE)
+            src = as_rgb(arr[index], name="image", min_size=MIN_SIZE, full_scale=scale)
             gain = exposure_gain(src.rgb)
             x = _deblur_input(src.rgb, generator, params, gain)
             h, w = src.rgb.shape[:2]
@@ -350,14 +350,15 @@ def refocus(
     generator, _ = _unwrap(model, "refocus")
     d = check_delta(generator, delta)
     settings = _settings(device, tile, margin, precision)
-    arr, lead, hw = _network_slices(image, rgb, "image")
+    arr, lead, hw, scale = _network_slices(image, rgb, "image")
     needs_radiance = generator.cfg.in_channels == 6
     rad = None
     g1 = None
     if needs_radiance and radiance is not None:
-        rad, rad_lead, rad_hw = _network_slices(radiance, None, "radiance")
+        rad, rad_lead, rad_hw, rad_scale = _network_slices(radiance, None, "radiance")
         if rad_lead != lead or rad_hw != hw:
             raise RefocusError(f"radiance has shape {rad.shape}; it must match the image's {arr.shape}.")
+        scale = pair_full_scale(scale, rad_scale, names=("image", "radiance"))
     elif needs_radiance:
         if deblur_model is None:
             raise RefocusError("refocusing needs the radiance: pass radiance= (deblur output) or deblur_model= (G1).")
@@ -370,13 +371,12 @@ def refocus(
     with _prepared(generator, settings, hw, tracker) as run:
         for index in lead:
             tracker.check()
-            shared = None if rad is None else shared_full_scale(arr[index], rad[index], names=("image", "radiance"))
-            src = as_rgb(arr[index], name="image", min_size=MIN_SIZE, full_scale=shared)
+            src = as_rgb(arr[index], name="image", min_size=MIN_SIZE, full_scale=scale)
             h, w = src.rgb.shape[:2]
             gain = exposure_gain(src.rgb)  # the radiance is brightened with the image's gain, not its own
             rad01, rad_gain = None, gain
             if rad is not None:
-                rad_src = as_rgb(rad[index], name="radiance", min_size=MIN_SIZE, full_scale=shared)
+                rad_src = as_rgb(rad[index], name="radiance", min_size=MIN_SIZE, full_scale=scale)
                 if rad_src.rgb.shape != src.rgb.shape:
                     raise RefocusError(
                         f"radiance slices are {rad_src.rgb.shape[:2]}; the image's are {src.rgb.shape[:2]}."
@@ -411,7 +411,9 @@ def _settings(device, tile, margin, precision) -> RunSettings:
     return s
 
 
-def _network_slices(image, rgb: bool | None, name: str) -> tuple[np.ndarray, list[tuple], tuple[int, int]]:
+def _network_slices(
+    image, rgb: bool | None, name: str
+) -> tuple[np.ndarray, list[tuple], tuple[int, int], float | None]:
     """:func:`~.imaging.image_slices` with the networks' smallest image side."""
     return image_slices(image, rgb, name, min_size=MIN_SIZE, needed_by="the networks")
 

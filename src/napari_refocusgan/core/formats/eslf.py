@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RefocusError
-from ..imaging import LUMA_WEIGHTS, open_image_with_ffmpeg, read_image, to_float
+from ..imaging import LUMA_WEIGHTS, check_float_range, open_image_with_ffmpeg, read_image, to_float
 from ..lightfield import LightField
 
 LENSLET = 14  # pixels per lenslet side in Lytro Illum ESLF exports
@@ -80,10 +80,10 @@ class ESLFLenslets:
 def _rgb_float(pixels: np.ndarray) -> np.ndarray:
     """(H, W[, ch]) strided slice → contiguous float32 RGB, alpha dropped, gray repeated."""
     if pixels.ndim == 2:
-        return np.repeat(to_float(pixels, name="ESLF view")[..., None], 3, axis=-1)
+        return np.repeat(to_float(pixels, name="ESLF view", full_scale=1.0)[..., None], 3, axis=-1)
     if pixels.shape[-1] == 1:
-        return np.repeat(to_float(pixels[..., 0], name="ESLF view")[..., None], 3, axis=-1)
-    return to_float(np.ascontiguousarray(pixels[..., :3]), name="ESLF view")
+        return np.repeat(to_float(pixels[..., 0], name="ESLF view", full_scale=1.0)[..., None], 3, axis=-1)
+    return to_float(np.ascontiguousarray(pixels[..., :3]), name="ESLF view", full_scale=1.0)
 
 
 def _check_lenslet_image(image: np.ndarray, name: str) -> np.ndarray:
@@ -94,6 +94,8 @@ def _check_lenslet_image(image: np.ndarray, name: str) -> np.ndarray:
         raise RefocusError(f"{name} has shape {arr.shape}; an ESLF is a single gray, RGB or RGBA image.")
     if arr.dtype not in (np.uint8, np.uint16) and not np.issubdtype(arr.dtype, np.floating):
         raise RefocusError(f"{name} has dtype {arr.dtype}; an ESLF is 8- or 16-bit.")
+    if arr.dtype.kind == "f":
+        check_float_range(arr, name=name)  # every view is scaled alike: one full scale, 1, for all
     h, w = arr.shape[:2]
     if h < LENSLET * MIN_LENSLETS or w < LENSLET * MIN_LENSLETS:
         raise RefocusError(

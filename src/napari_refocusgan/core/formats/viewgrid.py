@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RefocusError
-from ..imaging import as_rgb, read_image
+from ..imaging import as_rgb, check_float_range, read_image
 from ..lightfield import LightField
 from .pfm import read_pfm
 
@@ -185,7 +185,7 @@ def read_view_folder(folder: str | Path, views: int | None = None) -> LightField
     for i in range(nr):
         for j in range(nc):
             path = found.files[(r0 + i, c0 + j)]
-            rgb = as_rgb(read_image(path), name=str(path)).rgb
+            rgb = as_rgb(_view_image(path), name=str(path), full_scale=1.0).rgb
             if grid is None:
                 first_shape, first_path = rgb.shape, path
                 grid = np.empty((nr, nc, *rgb.shape), dtype=np.float32)
@@ -210,6 +210,14 @@ def read_view_folder(folder: str | Path, views: int | None = None) -> LightField
             disparity = -gt  # HCI sign → ours (see module docstring)
             metadata["disparity_source"] = f"{HCI_DISPARITY_FILE}, negated to this package's sign convention"
     return LightField(source=found.kind, path=folder, views=grid, disparity=disparity, metadata=metadata)
+
+
+def _view_image(path: Path) -> np.ndarray:
+    """One view file; float views hold [0, 1], so that every view of the light field is scaled alike."""
+    image = read_image(path)
+    if image.dtype.kind == "f":
+        check_float_range(image, name=str(path))
+    return image
 
 
 def _view_name(found: ViewFolder, r: int, c: int) -> str:
