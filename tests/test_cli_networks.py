@@ -93,6 +93,18 @@ def test_float_counts_run_on_their_own_scale_and_must_be_written_as_tiff(files, 
         assert main(args) == 2, args
         assert "float image on a scale of its own (full scale 4000)" in capsys.readouterr().err, args
     assert not list(d.glob("out.*"))
+    # an image in [0, 1] with a radiance on 0..50: the result comes back on 0..50, so PNG is refused before the work
+    unit = counts / 4000
+    tifffile.imwrite(d / "unit.tif", unit, photometric="rgb")
+    tifffile.imwrite(d / "rad50.tif", unit * 50, photometric="rgb")
+    for args in (
+        ["refocus", str(d / "unit.tif"), "--delta", "2", "--radiance", str(d / "rad50.tif"), "-o", str(d / "out.png"),
+         "--weights", str(files["g2"])],
+        ["blur-compare", str(d / "unit.tif"), "--radiance", str(d / "rad50.tif"), "-o", str(d / "out.png")],
+    ):  # fmt: skip
+        assert main(args) == 2, args
+        assert "float image on a scale of its own (full scale 50)" in capsys.readouterr().err, args
+    assert not list(d.glob("out.*"))
 
 
 def test_int16_tiff_in_int16_tiff_out_and_png_refused_before_the_work(files, capsys):

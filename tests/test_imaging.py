@@ -369,3 +369,8 @@ def test_exposure_gain_sees_a_compact_highlight_anywhere_in_a_large_image():
     rgb = np.random.default_rng(1).uniform(0, 0.02, (1000, 1000, 3)).astype(np.float32)
     rgb[397:408, 300:600] = 0.2
     assert exposure_gain(rgb) == pytest.approx(1.25, rel=0.05)
+    columns = np.random.default_rng(2).uniform(0, 0.02, (1700, 2000, 3)).astype(np.float32)
+    columns[:, 1001:1013] = 0.2  # a step dividing the row length (40 into 6000) read the same columns of every row
+    assert exposure_gain(columns) == pytest.approx(1.25, rel=0.05)
+    columns[:, 1001:1013, 1:] = 0.01  # one channel only
+    assert exposure_gain(columns) == pytest.approx(1.25, rel=0.05)

@@ -128,16 +128,16 @@ def cmd_classical(args: argparse.Namespace) -> int:
 
 
 def cmd_blur_compare(args: argparse.Namespace) -> int:
-    raw = read_image(args.image)
+    raw, radiance = read_image(args.image), read_image(args.radiance)
     inputs = (args.image, args.radiance)
-    out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=inputs,
-                                 full_scale=input_full_scale(raw, name=args.image))  # fmt: skip
+    scale = input_full_scale(raw, name=args.image, radiance=radiance, radiance_name=args.radiance)
+    out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=inputs, full_scale=scale)
     if args.sigma_map:
         check_output_path(args.sigma_map, inputs=(*inputs, out_path), float_data=True)
     radii = bc.parse_radii(args.radii) if args.radii is not None else None
     result = bc.blur_and_compare_image(
         raw,
-        read_image(args.radiance),
+        radiance,
         names=(args.image, args.radiance),
         sigma_max=args.sigma_max,
         radii=radii,

@@ -59,9 +59,12 @@ def _read_input(path: str) -> np.ndarray:
     return image
 
 
-def _check_output(path: str, image: np.ndarray, inputs: tuple[str | None, ...]) -> Path:
-    """The output path, checked before any work (the result has the input's dtype and shape)."""
-    scale = input_full_scale(image, name=inputs[0])
+def _check_output(
+    path: str, image: np.ndarray, inputs: tuple[str | None, ...], radiance: np.ndarray | None = None
+) -> Path:
+    """The output path, checked before any work (the result has the input's dtype and shape, and the scale it
+    shares with ``radiance``)."""
+    scale = input_full_scale(image, name=inputs[0], radiance=radiance, radiance_name=inputs[-1] or "radiance")
     out = check_output_path(path, dtype=image.dtype, shape=image.shape, inputs=inputs, full_scale=scale)
     if image.dtype.kind == "f" and out.suffix.lower() not in TIFF_SUFFIXES:
         print(f"note: float input is written as 8-bit {out.suffix}; use .tif to keep float32", file=sys.stderr)
@@ -115,14 +118,15 @@ def cmd_refocus(args: argparse.Namespace) -> int:
     from ..core.weights import load_generator
 
     image = _read_input(args.image)
-    out = _check_output(args.out, image, (args.image, args.radiance))
+    given = _read_input(args.radiance) if args.radiance else None
+    out = _check_output(args.out, image, (args.image, args.radiance), given)
     device = pick_device(args.device)
     model = load_generator(args.weights, device, role="refocus")
     delta = check_delta(model, args.delta)  # before any slow work
     radiance = deblur_model = None
     if model.config.in_channels == 6:
         if args.radiance:
-            radiance = _read_input(args.radiance)
+            radiance = given
         else:
             deblur_model = load_generator(args.deblur_weights, device, role="deblur")
     bar = _ProgressBar("refocus")

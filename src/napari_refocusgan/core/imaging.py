@@ -88,10 +88,15 @@ def float_scale_or_none(image: np.ndarray, *, name: str = "image") -> float | No
     return None
 
 
-def input_full_scale(image: np.ndarray, *, name: str = "image") -> float:
-    """:func:`float_scale_or_none`, 1 for integers: what a command checks its output against (before any work,
-    so a bad input is named before its output)."""
+def input_full_scale(
+    image: np.ndarray, *, name: str = "image", radiance: np.ndarray | None = None, radiance_name: str = "radiance"
+) -> float:
+    """The full scale a command's result comes back on, 1 for integers: :func:`float_scale_or_none` of the image,
+    or :func:`pair_full_scale` with its ``radiance``. What the command checks its output against, before any
+    work (so a bad input is named before its output)."""
     scale = float_scale_or_none(image, name=name)
+    if radiance is not None:
+        scale = pair_full_scale(scale, float_scale_or_none(radiance, name=radiance_name), names=(name, radiance_name))
     return 1.0 if scale is None else scale
 
 
@@ -100,7 +105,7 @@ def pair_full_scale(
 ) -> float | None:
     """One full scale for an image and its radiance (their :func:`float_scale_or_none`), so that both are divided
     alike: None when both are integers (each has its dtype's); the larger of the two float scales (a sharp radiance
-    peaks above its blurred image), unless one is [0, 1] and the other a hundred times more (0..255); 1 for a float
+    peaks above its blurred image), unless one is a hundred times the other (0..255 against [0, 1]); 1 for a float
     partner of an integer image, which must then hold [0, 1] as the integer's does."""
     if image_scale is None and radiance_scale is None:
         return None
@@ -113,7 +118,7 @@ def pair_full_scale(
             )
         return 1.0
     low, high = sorted((image_scale, radiance_scale))
-    if low == 1 and high > MAX_PAIR_SCALE_RATIO:
+    if high > MAX_PAIR_SCALE_RATIO * low:
         raise RefocusError(
             f"{names[0]} and {names[1]} are on different scales (full scales {image_scale:.4g} and "
             f"{radiance_scale:.4g}); give both on one scale."
@@ -173,7 +178,9 @@ def exposure_gain(rgb: np.ndarray) -> float:
     if brightest <= 0:
         return 1.0
     step = max(1, rgb.size // PEAK_SAMPLE_VALUES)
-    step += step % 3 == 0  # every channel and every row: a step of 3k would read one colour channel only
+    row = math.prod(rgb.shape[1:])  # values in one row
+    while math.gcd(step, row) != 1:  # a step dividing the row length reads the same columns (or channel) of each row
+        step += 1
     peak = float(np.percentile(rgb.reshape(-1)[::step], PEAK_PERCENTILE))
     gain = 1.0 / brightest if peak <= 0 else min(DIM_PEAK / peak, 1.0 / brightest)
     return max(1.0, gain)
@@ -443,8 +450,8 @@ def check_output_path(
         raise RefocusError(f"this result is float32 data; write it as .tif ({suffix} would round it to 8 bits).")
     if np.dtype(dtype).kind == "f" and full_scale != 1:
         raise RefocusError(
-            f"the input is a float image on a scale of its own (full scale {full_scale:.4g}), and so is the "
-            f"result; write it as .tif ({suffix} would round it to 8 bits of [0, 1])."
+            f"the result is a float image on a scale of its own (full scale {full_scale:.4g}), as its input is; "
+            f"write it as .tif ({suffix} would round it to 8 bits of [0, 1])."
         )
     dtype = np.dtype(dtype).newbyteorder("=")
     if dtype.kind == "i":
