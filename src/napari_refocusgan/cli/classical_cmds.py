@@ -97,9 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_classical(args: argparse.Namespace) -> int:
     raw = read_image(args.image)
+    arr, slices, _, scale = image_slices(raw, None, args.image)  # the input's checks and scale, before the output's
     out_path = check_output_path(args.out, dtype=raw.dtype, shape=raw.shape, inputs=(args.image,),
-                                 full_scale=input_full_scale(raw, name=args.image))  # fmt: skip
-    arr, slices, _, scale = image_slices(raw, None, args.image)
+                                 full_scale=1.0 if scale is None else scale)  # fmt: skip
     method = args.method
     if method == "sharpen":
         params = dict(size=args.kernel_size, amount=args.sharpen_amount)

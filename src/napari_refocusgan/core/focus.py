@@ -5,7 +5,6 @@ One torch implementation serves the widget, the CLI, inference (G1's fourth chan
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 
 import numpy as np
