@@ -623,3 +623,20 @@ def test_the_slices_of_a_float_stack_share_its_full_scale(g1, g2):
         refocus(u8, 2.0, g2, radiance=unit * 255)
     with pytest.raises(RefocusError, match="image and radiance are on different scales"):
         refocus(unit, 2.0, g2, radiance=unit * 255)
+
+
+def test_one_slice_taken_at_the_scale_of_its_stack(g1, g2):
+    """What the widgets' "slice shown" modes do: one slice of a float stack, given the stack's full scale, gives
+    that slice of the whole stack's result; a slice beyond the scale it claims is refused."""
+    unit = textured(32, 40, seed=12)
+    unit[0, 0, 0] = 1.0
+    stack = np.stack([unit * 200, unit * 1.25]).astype(np.float32)
+    np.testing.assert_allclose(deblur(stack[1], g1, full_scale=200.0), deblur(stack, g1)[1], rtol=1e-5, atol=1e-4)
+    radiance = deblur(stack, g1)
+    np.testing.assert_allclose(
+        refocus(stack[1], 2.0, g2, radiance=radiance[1], full_scale=200.0),
+        refocus(stack, 2.0, g2, radiance=radiance)[1],
+        rtol=1e-5, atol=1e-4,
+    )  # fmt: skip
+    with pytest.raises(RefocusError, match="beyond the full scale 100 it must share"):
+        deblur(stack[0], g1, full_scale=100.0)

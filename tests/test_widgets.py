@@ -1081,6 +1081,44 @@ def test_float_counts_run_on_their_own_scale_in_every_widget(viewer, tiny_weight
     assert_unchanged(counts, before)
 
 
+def test_slice_shown_of_a_float_stack_is_taken_at_the_stack_scale(viewer, tiny_weights, notes):
+    """The "slice shown" modes took a float slice at its own scale: in a stack of photon counts (0..4000), a dim
+    slice peaking at 1.2 was taken as a [0, 1] image and clipped at 1. It is now taken at the stack's scale, as
+    the whole-stack mode and the command line take it."""
+    from napari_refocusgan.core.blur_compare import blur_and_compare
+    from napari_refocusgan.core.classical import apply_classical
+    from napari_refocusgan.core.inference import refocus
+    from napari_refocusgan.core.weights import load_generator
+
+    bright, dim = textured_image(41), textured_image(42)
+    bright[0, 0] = dim[0, 0] = 1.0
+    stack = np.stack([bright * np.float32(4000), dim * np.float32(1.2)])
+    layer = viewer.add_image(stack, name="counts", rgb=True, contrast_limits=(0, 4000))
+    before = snapshot(layer)
+    viewer.dims.current_step = (1, 0, 0)
+    classical = dock(viewer, "Classical")
+    classical._image.value = layer
+    classical._method.value = "unsharp"
+    classical._run_button.clicked()
+    expected = apply_classical(stack[1] / 4000, "unsharp") * 4000
+    np.testing.assert_allclose(viewer.layers["counts unsharp"].data, expected, rtol=1e-4, atol=1e-4)
+
+    classical._method.value = "blur-and-compare"
+    classical._radiance.value = layer  # the same stack as its own radiance: a valid pair of one scale
+    classical._run_button.clicked()
+    expected = blur_and_compare(stack[1] / 4000, stack[1] / 4000).refocused * 4000
+    np.testing.assert_allclose(viewer.layers["counts blur-and-compare"].data, expected, rtol=1e-4, atol=1e-4)
+
+    refocusing = refocus_widget(viewer, layer, tiny_weights)
+    refocusing._slice_only.value = True
+    refocusing._run_button.clicked()
+    g1_path, g2_path = tiny_weights
+    whole = refocus(stack, 0.0, load_generator(g2_path, "cpu"), deblur_model=load_generator(g1_path, "cpu"))
+    np.testing.assert_allclose(viewer.layers["counts refocused slice"].data, whole[1], rtol=1e-4, atol=1e-3)
+    assert notes.errors() == []
+    assert_unchanged(layer, before)
+
+
 def test_classical_widget_methods_match_core(viewer, notes):
     from napari_refocusgan.core.classical import apply_classical
     from napari_refocusgan.core.imaging import from_float, to_float

@@ -33,6 +33,7 @@ from .layer_io import (
     is_stack,
     layer_data_later,
     spatial_placement,
+    stack_scale_later,
 )
 from .workers import TaskRunner
 
@@ -151,9 +152,12 @@ class ClassicalWidget(Container):
             layer = chosen_layer(self._image, "an image layer")
             # one image: of a stack, the slice on screen
             read, index = displayed_image(self._viewer, layer)
+            radiance_index = ()
             if method == BLUR_AND_COMPARE:
                 radiance_layer = chosen_layer(self._radiance, "a radiance layer (the all-in-focus image)")
                 read_radiance, radiance_index = displayed_image(self._viewer, radiance_layer)
+            partner = radiance_layer if method == BLUR_AND_COMPARE else None
+            read_scale = stack_scale_later(layer, partner) if index or radiance_index else lambda: None
             params = _parameter_values(self.parameters)
         except Exception as exc:
             self.runner.fail(exc, description=description)
@@ -172,8 +176,8 @@ class ClassicalWidget(Container):
             names = (f"layer {source!r}", f"layer {radiance_layer.name!r}")
 
             def task(progress: ProgressFn, cancel: CancelFn):
-                return blur_and_compare_image(read(), read_radiance(), names=names, **params, progress=progress,
-                                              cancel=cancel)  # fmt: skip
+                return blur_and_compare_image(read(), read_radiance(), names=names, full_scale=read_scale(), **params,
+                                              progress=progress, cancel=cancel)  # fmt: skip
 
             def show(result) -> None:
                 out_rgb = rgb
@@ -188,7 +192,7 @@ class ClassicalWidget(Container):
 
             def task(progress: ProgressFn, cancel: CancelFn):
                 progress(0, 1)
-                out = apply_classical_image(read(), method, name=f"layer {source!r}", **params)
+                out = apply_classical_image(read(), method, name=f"layer {source!r}", full_scale=read_scale(), **params)
                 progress(1, 1)
                 return out
 

@@ -16,6 +16,7 @@ from magicgui.widgets import ComboBox, Container
 from napari.layers import Image
 
 from ..core.errors import RefocusError
+from ..core.imaging import float_scale_or_none, pair_full_scale
 
 
 def image_layer_combo(
@@ -236,6 +237,27 @@ def displayed_image(viewer, layer: Image) -> tuple[Callable[[], np.ndarray], tup
             f"the layer spans {lo:g}…{hi:g} there): move the slider onto the layer."
         )
     return _copy_later(layer.data, index), index
+
+
+def stack_scale_later(layer: Image, partner: Image | None = None) -> Callable[[], float | None]:
+    """For a task on the slice shown (:func:`displayed_image`): a function, for the worker thread, returning the
+    float full scale of the whole ``layer`` (shared with its radiance ``partner``, see
+    :func:`~..core.imaging.pair_full_scale`), so that the slice is scaled as the stack's other slices and its
+    result comes back on the stack's scale. None, and the slice is taken on its own scale, for lazy data (reading
+    all of it is what the slice mode avoids) or when the whole stack gives no scale (a NaN in another slice)."""
+    layers = [lay for lay in (layer, partner) if lay is not None]
+    arrays = [lay.data for lay in layers]
+    if any(lay.multiscale or not isinstance(a, np.ndarray) for lay, a in zip(layers, arrays)):
+        return lambda: None
+
+    def scale() -> float | None:
+        try:
+            scales = [float_scale_or_none(a) for a in arrays]
+            return scales[0] if len(scales) == 1 else pair_full_scale(*scales, names=("image", "radiance"))
+        except RefocusError:
+            return None  # the slice's own check names the problem, if the slice has it
+
+    return scale
 
 
 def display_like(layer: Image, data: np.ndarray) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from .layer_io import (
     keep_current_choice,
     layer_data_later,
     spatial_placement,
+    stack_scale_later,
 )
 from .workers import TaskRunner
 
@@ -335,6 +336,7 @@ class RefocusWidget(Container):
 
             read, index = reader(layer)
             read_radiance, radiance_index = reader(radiance_layer) if radiance_layer is not None else (None, ())
+            read_scale = stack_scale_later(layer, radiance_layer) if index or radiance_index else lambda: None
         except Exception as exc:
             self.runner.fail(exc, description="Refocus")
             return
@@ -358,22 +360,23 @@ class RefocusWidget(Container):
             d = check_delta(g2, delta)  # before any expensive work
             data = read()
             rad, radiance_note = (read_radiance() if read_radiance else None), given_radiance
+            scale = read_scale()  # a float stack's, which its slice shown shares
             phases, phase = 1, 0
             if rad is None and g2.config.in_channels == 6:
                 g1 = self._g1.get(deblur_weights, device)
-                key = (_digest(data), rgb, self._g1.loaded_key)
+                key = (_digest(data), rgb, scale, self._g1.loaded_key)
                 rad = self._radiance_cache.get(key)
                 radiance_note = f"computed with {g1.name!r} (cached for δ changes)"
                 if rad is None:
                     phases = 2
                     rad = deblur(
-                        data, g1, rgb=rgb, device=device, tile=tile or None,
+                        data, g1, rgb=rgb, device=device, tile=tile or None, full_scale=scale,
                         progress=in_phase(progress, 0, phases), cancel=cancel,
                     )  # fmt: skip
                     self._remember(key, rad)
                     phase = 1
             out = refocus(
-                data, d, g2, radiance=rad, rgb=rgb, device=device, tile=tile or None,
+                data, d, g2, radiance=rad, rgb=rgb, device=device, tile=tile or None, full_scale=scale,
                 progress=in_phase(progress, phase, phases), cancel=cancel,
             )  # fmt: skip
             metadata = {

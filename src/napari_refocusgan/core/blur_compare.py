@@ -321,12 +321,18 @@ def blur_and_compare(
 
 
 def blur_and_compare_image(
-    image: np.ndarray, radiance: np.ndarray, *, names: tuple[str, str] = ("image", "radiance"), **options
+    image: np.ndarray,
+    radiance: np.ndarray,
+    *,
+    names: tuple[str, str] = ("image", "radiance"),
+    full_scale: float | None = None,
+    **options,
 ) -> BlurCompareResult:
     """:func:`blur_and_compare` (``options`` are its keywords) with the refocused image put back as ``image``
     came: gray stays gray, RGBA keeps its alpha, 8 and 16 bits stay. What the command line writes and the
-    widget shows. ``names`` name the two images in error messages."""
-    shared = _pair_scale(image, radiance, names)
+    widget shows. ``names`` name the two images in error messages. ``full_scale``: the one that float stacks of
+    which the two are slices share (:func:`~.imaging.pair_full_scale`), in place of the pair's own."""
+    shared = full_scale if full_scale is not None else _pair_scale(image, radiance, names)
     img, rad = (as_rgb(a, name=n, full_scale=shared) for a, n in zip((image, radiance), names))
     _check_radiance_colour(image_gray=img.was_gray, radiance_gray=rad.was_gray)
     result = blur_and_compare(img.rgb, rad.rgb, **options)

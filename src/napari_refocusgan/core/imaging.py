@@ -77,12 +77,13 @@ def float_full_scale(arr: np.ndarray, *, name: str = "image", full_scale: float 
     return scale
 
 
-def float_scale_or_none(image: np.ndarray, *, name: str = "image") -> float | None:
+def float_scale_or_none(image: np.ndarray, *, name: str = "image", full_scale: float | None = None) -> float | None:
     """:func:`float_full_scale` of a whole float input (a stack's slices then share it), None for integer data
-    (checked by :func:`integer_full_scale`: their dtype is their scale) and bool masks."""
+    (checked by :func:`integer_full_scale`: their dtype is their scale) and bool masks. ``full_scale``: that of a
+    larger whole the float input is part of (the stack it is one slice of), checked instead of taken."""
     arr = np.asarray(image)
     if arr.dtype.kind == "f":
-        return float_full_scale(arr, name=name)
+        return float_full_scale(arr, name=name, full_scale=full_scale)
     if arr.dtype.kind in "ui":
         integer_full_scale(arr, name=name)
     return None
@@ -253,11 +254,18 @@ def native_byte_order(arr: np.ndarray) -> np.ndarray:
 
 
 def image_slices(
-    image, rgb: bool | None, name: str, *, min_size: int = 1, needed_by: str = "the tools"
+    image,
+    rgb: bool | None,
+    name: str,
+    *,
+    min_size: int = 1,
+    needed_by: str = "the tools",
+    full_scale: float | None = None,
 ) -> tuple[np.ndarray, list[tuple], tuple[int, int], float | None]:
     """Validate an image or stack (…, H, W[, C]) and list its 2-D slices: (array, slice indices, (H, W), full
-    scale). The full scale is that of the whole input (:func:`float_scale_or_none`): pass it to each slice's
-    :func:`as_rgb`, so that the slices of a float stack are scaled alike.
+    scale). The full scale is that of the whole input (:func:`float_scale_or_none`, given ``full_scale`` when the
+    input is one slice of a larger float stack): pass it to each slice's :func:`as_rgb`, so that the slices of a
+    float stack are scaled alike.
 
     ``rgb``: whether the last axis holds colour (1, 3 or 4 channels); guessed when None. Images smaller than
     ``min_size`` pixels a side are refused, naming ``needed_by``.
@@ -267,7 +275,7 @@ def image_slices(
         raise RefocusError(f"{name} has dtype {arr.dtype}; expected {SUPPORTED_DTYPES}.")
     if arr.size == 0:
         raise RefocusError(f"{name} is empty (shape {arr.shape}).")
-    full_scale = float_scale_or_none(arr, name=name)
+    full_scale = float_scale_or_none(arr, name=name, full_scale=full_scale)
     if rgb is None:
         rgb = arr.ndim >= 3 and arr.shape[-1] in (1, 3, 4)
         if arr.ndim == 3 and arr.shape[-1] < 8 and not rgb:  # 2, 5, 6, 7: neither colour nor a likely width

@@ -291,6 +291,7 @@ def deblur(
     tile: int | None = None,
     margin: int | None = DEFAULT_MARGIN,
     precision: str = "auto",
+    full_scale: float | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> np.ndarray:
@@ -302,13 +303,14 @@ def deblur(
     slice by slice. ``sml_params``: the focus channel's SML (default: the model file's). ``device``: None
     keeps the model where it is, else the model is moved there. ``tile``: core side in pixels (None/0 =
     auto). ``progress(done, total)`` is called after each tile/slice; ``cancel()`` returning True stops
-    between tiles with :class:`~.focalstack.Cancelled`. The caller's array is not modified.
+    between tiles with :class:`~.focalstack.Cancelled`. ``full_scale``: the scale of a float stack that ``image`` is
+    one slice of (see :func:`~.imaging.image_slices`). The caller's array is not modified.
     """
     generator, file_sml = _unwrap(model, "deblur")
     settings = _settings(device, tile, margin, precision)
     params = sml_params or file_sml
     params.check()
-    arr, lead, hw, scale = _network_slices(image, rgb, "image")
+    arr, lead, hw, scale = _network_slices(image, rgb, "image", full_scale)
     tracker = _Progress(progress, cancel, len(lead) * _units(settings, hw, generator))
     out = None
     with _prepared(generator, settings, hw, tracker) as run:
@@ -338,24 +340,26 @@ def refocus(
     tile: int | None = None,
     margin: int | None = DEFAULT_MARGIN,
     precision: str = "auto",
+    full_scale: float | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> np.ndarray:
     """``image`` refocused by δ slices (positive δ: focus farther) with G2.
 
     ``radiance``: the deblurred image (the output of :func:`deblur`, any dtype, same shape as ``image``);
-    cache it to change δ cheaply. When None it is computed with ``deblur_model`` (G1). Other arguments as
-    :func:`deblur`; returns the same shape and dtype as ``image``.
+    cache it to change δ cheaply. When None it is computed with ``deblur_model`` (G1). ``full_scale``: the one
+    that float stacks of which ``image`` and ``radiance`` are slices share (:func:`~.imaging.pair_full_scale`).
+    Other arguments as :func:`deblur`; returns the same shape and dtype as ``image``.
     """
     generator, _ = _unwrap(model, "refocus")
     d = check_delta(generator, delta)
     settings = _settings(device, tile, margin, precision)
-    arr, lead, hw, scale = _network_slices(image, rgb, "image")
+    arr, lead, hw, scale = _network_slices(image, rgb, "image", full_scale)
     needs_radiance = generator.cfg.in_channels == 6
     rad = None
     g1 = None
     if needs_radiance and radiance is not None:
-        rad, rad_lead, rad_hw, rad_scale = _network_slices(radiance, None, "radiance")
+        rad, rad_lead, rad_hw, rad_scale = _network_slices(radiance, None, "radiance", full_scale)
         if rad_lead != lead or rad_hw != hw:
             raise RefocusError(f"radiance has shape {rad.shape}; it must match the image's {arr.shape}.")
         scale = pair_full_scale(scale, rad_scale, names=("image", "radiance"))
@@ -412,10 +416,10 @@ def _settings(device, tile, margin, precision) -> RunSettings:
 
 
 def _network_slices(
-    image, rgb: bool | None, name: str
+    image, rgb: bool | None, name: str, full_scale: float | None
 ) -> tuple[np.ndarray, list[tuple], tuple[int, int], float | None]:
     """:func:`~.imaging.image_slices` with the networks' smallest image side."""
-    return image_slices(image, rgb, name, min_size=MIN_SIZE, needed_by="the networks")
+    return image_slices(image, rgb, name, min_size=MIN_SIZE, needed_by="the networks", full_scale=full_scale)
 
 
 def _units(settings: RunSettings, hw: tuple[int, int], generator: Generator) -> int:
