@@ -1119,6 +1119,94 @@ def test_slice_shown_of_a_float_stack_is_taken_at_the_stack_scale(viewer, tiny_w
     assert_unchanged(layer, before)
 
 
+def test_outputs_keep_the_input_units_and_axis_labels(viewer, tiny_weights, notes):
+    """Outputs got units of pixels and default axis labels: with a µm input napari then warned of inconsistent
+    units and dropped them from every layer (scale bar, world coordinates)."""
+    data = np.stack([textured_image(s)[..., 0] for s in (51, 52, 53)])
+    layer = viewer.add_image(data, name="cells", scale=(2, 0.1, 0.1), units=("um",) * 3, axis_labels=("z", "y", "x"))
+    focus = dock(viewer, "Focus measure (SML)")
+    focus._image.value = layer
+    focus._run_button.clicked()
+    classical = dock(viewer, "Classical")
+    classical._image.value = layer
+    classical._run_button.clicked()
+    deblurring = dock(viewer, "Deblur (radiance)")
+    deblurring._image.value = layer
+    set_network_options(deblurring, tiny_weights[0])
+    deblurring._run_button.clicked()
+    assert notes.errors() == []
+    for name in ("cells SML", "cells radiance"):
+        out = viewer.layers[name]
+        assert [str(u) for u in out.units] == ["micrometer"] * 3 and tuple(out.axis_labels) == ("z", "y", "x"), name
+    out = viewer.layers[f"cells {classical._method.value}"]
+    assert [str(u) for u in out.units] == ["micrometer"] * 2 and tuple(out.axis_labels) == ("y", "x")
+    assert np.allclose(out.scale, (0.1, 0.1))
+
+
+def test_a_delta_turn_keeps_the_contrast_limits_the_user_set(viewer, tiny_weights, notes):
+    """Every δ turn (and every rerun) gave the output layer the input's contrast limits again, undoing the
+    user's. Limits the user set stay; the plugin's own follow the new result."""
+    layer = viewer.add_image(textured_image(61), name="img", rgb=True)
+    widget = refocus_widget(viewer, layer, tiny_weights)
+    widget._delta.value = 1.0
+    out = viewer.layers["img refocused"]
+    np.testing.assert_allclose(out.contrast_limits, layer.contrast_limits)
+    out.contrast_limits = (0.2, 0.6)
+    widget._delta.value = 2.0
+    assert out.metadata["delta"] == 2.0
+    np.testing.assert_allclose(out.contrast_limits, (0.2, 0.6))
+
+    gray = viewer.add_image(textured_image(62)[..., 0], name="gray")
+    focus = dock(viewer, "Focus measure (SML)")
+    focus._image.value = gray
+    focus._run_button.clicked()
+    sml_layer = viewer.layers["gray SML"]
+    first = tuple(sml_layer.contrast_limits)
+    gray.data = gray.data * np.float32(0.5)  # SML is linear in contrast: the plugin's limits halve
+    focus._run_button.clicked()
+    np.testing.assert_allclose(sml_layer.contrast_limits, np.array(first) * 0.5, rtol=1e-3)
+    sml_layer.contrast_limits = (0.0, 0.01)
+    gray.data = gray.data * np.float32(2)
+    focus._run_button.clicked()
+    np.testing.assert_allclose(sml_layer.contrast_limits, (0.0, 0.01))
+    assert notes.errors() == []
+
+
+@pytest.mark.parametrize("method", ["clahe", "clahe+sharpen"])
+def test_clahe_of_12_bit_data_in_uint16_is_shown_over_its_range(viewer, notes, method):
+    """CLAHE stretches to the dtype's full range, but its output was shown at the 12-bit input's limits: 98 % of
+    the pixels displayed white."""
+    counts = np.round(textured_image(63)[..., 0] * 4095).astype(np.uint16)
+    layer = viewer.add_image(counts, name="camera")
+    assert layer.contrast_limits[1] <= 4095
+    classical = dock(viewer, "Classical")
+    classical._image.value = layer
+    classical._method.value = method
+    classical._run_button.clicked()
+    out = viewer.layers[f"camera {method}"]
+    assert out.data.dtype == np.uint16 and out.data.max() > 30000
+    assert out.contrast_limits[1] >= out.data.max()
+    assert notes.errors() == []
+
+
+def test_a_typed_delta_runs_once_when_entered(viewer, tiny_weights, notes, qtbot):
+    """Typing "3.5" into the δ box refocused at δ = 3 first (a whole G1 + G2 run on a stack) and queued 3.5."""
+    from qtpy.QtCore import Qt
+
+    layer = viewer.add_image(textured_image(64), name="img", rgb=True)
+    widget = refocus_widget(viewer, layer, tiny_weights)
+    deltas = []
+    widget._delta.changed.connect(deltas.append)
+    box = widget._delta.native
+    box.selectAll()
+    qtbot.keyClicks(box, "3.5")
+    assert deltas == [] and "img refocused" not in viewer.layers
+    qtbot.keyClick(box, Qt.Key.Key_Return)
+    assert deltas == [3.5]
+    assert viewer.layers["img refocused"].metadata["delta"] == 3.5
+    assert notes.errors() == []
+
+
 def test_classical_widget_methods_match_core(viewer, notes):
     from napari_refocusgan.core.classical import apply_classical
     from napari_refocusgan.core.imaging import from_float, to_float

@@ -38,6 +38,7 @@ from .layer_io import (
 from .workers import TaskRunner
 
 BLUR_AND_COMPARE = "blur-and-compare"
+CONTRAST_STRETCHING = ("clahe", "clahe+sharpen")
 # Single-image methods offered (identity is an evaluation baseline, not a tool), then blur-and-compare.
 METHODS = [m for m in CLASSICAL_METHODS if m != "identity"] + [BLUR_AND_COMPARE]
 
@@ -197,8 +198,10 @@ class ClassicalWidget(Container):
                 return out
 
             def show(out: np.ndarray) -> None:
+                # CLAHE stretches to the full range, beyond a 12-bit image's limits in uint16: napari's fit its data
+                display = {} if method in CONTRAST_STRETCHING else display_like(layer, out)
                 self._outputs.show(layer, method, out, name=f"{source} {method}", metadata=base, rgb=rgb,
-                                   **display_like(layer, out), **placement)  # fmt: skip
+                                   **display, **placement)  # fmt: skip
 
         self.runner.run(task, show, description=description)
 

@@ -271,9 +271,10 @@ def display_like(layer: Image, data: np.ndarray) -> dict[str, Any]:
 
 
 def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:
-    """The world transform (scale, translate, rotate, shear, affine) of ``layer``'s last ``ndim``
-    (non-channel) axes, so that results overlay their input. For a slice of a stack, the trailing blocks of
-    the transform's matrices: exact when the stack axes do not mix with the image axes (the usual case)."""
+    """The world transform (scale, translate, rotate, shear, affine), units and axis labels of ``layer``'s last
+    ``ndim`` (non-channel) axes, so that results overlay their input in its physical units (napari drops the
+    units of every layer when two disagree). For a slice of a stack, the trailing blocks of the transform's
+    matrices: exact when the stack axes do not mix with the image axes (the usual case)."""
     d = layer.ndim
     shear = np.asarray(layer.shear, dtype=float)
     if shear.ndim == 1:  # napari gives the upper-triangular entries as a vector, a lower-triangular shear whole
@@ -289,6 +290,8 @@ def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:
         "rotate": np.asarray(layer.rotate)[-ndim:, -ndim:],
         "shear": shear[-ndim:, -ndim:],
         "affine": trailing,
+        "units": tuple(layer.units[-ndim:]),
+        "axis_labels": tuple(layer.axis_labels[-ndim:]),
     }
 
 
@@ -296,6 +299,9 @@ def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:
 # of the user's own that happens to have an output's name is left alone, and the result gets a new layer
 # (napari makes its name unique).
 _MADE_HERE: weakref.WeakSet = weakref.WeakSet()
+# The contrast limits this plugin last gave each of its layers: limits that differ are the user's, and an update
+# in place keeps them (a δ turn must not undo the user's display).
+_LIMITS_GIVEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def show_image(
@@ -313,8 +319,10 @@ def show_image(
     """Put ``data`` into the image layer ``target`` if it is still in the viewer (keeping its current name),
     else into the layer called ``name`` if this plugin made it (and not ``new_layer``), else into a new layer.
 
-    The layer's metadata is replaced by ``metadata`` (what made this result). An existing output layer whose
-    kind does not fit (RGB vs gray, other dimensionality) is replaced at the same position.
+    The layer's metadata is replaced by ``metadata`` (what made this result). Contrast limits the user set on an
+    existing layer are kept while the data type stays (else ``contrast_limits``, or napari's for the new data, are
+    given). An existing output layer whose kind does not fit (RGB vs gray, other dimensionality) is replaced at the
+    same position.
     """
     view_ndim = data.ndim - (1 if rgb else 0)
     existing = target if target is not None and target in viewer.layers else None
@@ -322,15 +330,19 @@ def show_image(
         existing = viewer.layers[name]
     if existing is not None:
         if isinstance(existing, Image) and bool(existing.rgb) == rgb and existing.ndim == view_ndim:
+            users_limits = tuple(existing.contrast_limits) if _limits_set_by_user(existing, data) else None
             existing.data = data
             existing.metadata = dict(metadata)
-            for key in ("scale", "translate", "rotate", "shear", "affine"):
+            for key in ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels"):
                 if key in layer_kwargs:
                     setattr(existing, key, layer_kwargs[key])
-            if "contrast_limits" in layer_kwargs:
+            if users_limits is not None:
+                existing.contrast_limits = users_limits
+            elif "contrast_limits" in layer_kwargs:
                 existing.contrast_limits = layer_kwargs["contrast_limits"]
             else:
                 existing.reset_contrast_limits()
+            _LIMITS_GIVEN[_unproxied(existing)] = tuple(existing.contrast_limits)
             return existing
         index = viewer.layers.index(existing)
         viewer.layers.remove(existing)
@@ -339,9 +351,18 @@ def show_image(
     else:
         layer = viewer.add_image(data, name=name, metadata=dict(metadata), rgb=rgb, **layer_kwargs)
     _MADE_HERE.add(_unproxied(layer))
+    _LIMITS_GIVEN[_unproxied(layer)] = tuple(layer.contrast_limits)
     if on_new is not None:
         on_new(layer)
     return layer
+
+
+def _limits_set_by_user(layer: Image, new_data: np.ndarray) -> bool:
+    """Whether ``layer``'s contrast limits are the user's rather than this plugin's, and still fit ``new_data``
+    (same data type)."""
+    given = _LIMITS_GIVEN.get(_unproxied(layer))
+    changed = given is not None and not np.allclose(layer.contrast_limits, given, rtol=1e-6, atol=0)
+    return changed and np.dtype(layer.dtype) == new_data.dtype
 
 
 class OutputLayers:

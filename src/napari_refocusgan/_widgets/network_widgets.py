@@ -272,6 +272,8 @@ class RefocusWidget(Container):
             ]
         )  # fmt: skip
         self._run_button.changed.connect(self._button_pressed)
+        # a typed δ runs once, on Enter or leaving the box, not at each keystroke ("3.5" ran δ = 3 first)
+        self._delta.native.setKeyboardTracking(False)
         self._delta.changed.connect(self._delta_changed)
         self.runner.finished.connect(self._after_run)
         self.runner.cancelling.connect(self._drop_pending_run)
