@@ -42,7 +42,7 @@ DELTA_TOOLTIP = (
     "δ in slices of the paper's default focal stack: one step changes the refocus slope by "
     f"2·s_max/(S−1) = 3/29 ≈ {_STACK.slope_step:.4f} px per view. δ > 0 moves focus towards higher slice "
     "indices (larger slope), i.e. farther on a Lytro Illum capture; δ < 0 nearer. The box spans the model's "
-    "trained range."
+    "trained range; a typed value runs on Enter."
 )
 # Widest δ that still lands inside the paper's 30-slice stack; the model's own range is checked by the core.
 DELTA_LIMIT = _STACK.slices - 1
