@@ -200,6 +200,68 @@ def test_images_are_read_as_shown_cmyk_exif_orientation_and_gray_alpha(tmp_path)
     np.testing.assert_array_equal(rgba[..., 3], la[..., 1])
 
 
+def test_png_transparency_without_an_alpha_channel_is_read_as_rgba(tmp_path):
+    """A palette PNG with transparent entries (what pngquant writes) was read as opaque RGB: its transparent
+    pixels showed their hidden colours and the result was written without alpha."""
+    from PIL import Image
+
+    rgba = np.zeros((6, 10, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 3] = 200, np.arange(10, dtype=np.uint8)[None] * 20, 255
+    rgba[:, :4, 3] = 0
+    Image.fromarray(rgba, "RGBA").quantize(16).save(tmp_path / "palette.png")
+    read = read_image(tmp_path / "palette.png")
+    assert read.shape == (6, 10, 4)
+    np.testing.assert_array_equal(read[..., 3], rgba[..., 3])
+    np.testing.assert_array_equal(read[:, 4:, :3], rgba[:, 4:, :3])
+    gray = np.arange(60, dtype=np.uint8).reshape(6, 10)
+    Image.fromarray(gray).save(tmp_path / "key.png", transparency=7)  # colour key: value 7 is transparent
+    keyed = read_image(tmp_path / "key.png")
+    assert keyed.shape == (6, 10, 4)
+    np.testing.assert_array_equal(keyed[..., 3], np.where(gray == 7, 0, 255))
+    np.testing.assert_array_equal(keyed[..., 1], gray)
+
+
+def test_compressed_and_gray_alpha_tiffs_are_read(tmp_path):
+    """LZW-compressed TIFFs were refused ("requires the 'imagecodecs' package"); a gray + alpha TIFF was read
+    as two gray slices (planar) or refused (contiguous) while a gray + alpha PNG is read as RGBA."""
+    import tifffile
+    from PIL import Image
+
+    rgb = np.random.default_rng(2).integers(0, 255, (10, 12, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    np.testing.assert_array_equal(read_image(tmp_path / "lzw.tif"), rgb)
+    deep = rgb.astype(np.uint16) * 257
+    tifffile.imwrite(tmp_path / "deflate16.tif", deep, photometric="rgb", compression="zlib")
+    np.testing.assert_array_equal(read_image(tmp_path / "deflate16.tif"), deep)
+
+    gray, alpha = rgb[..., 0], rgb[..., 1]
+    tifffile.imwrite(tmp_path / "planar.tif", np.stack([gray, alpha]), photometric="minisblack",
+                     planarconfig="separate", extrasamples=["unassalpha"])  # fmt: skip
+    tifffile.imwrite(tmp_path / "contig.tif", np.dstack([gray, alpha]), photometric="minisblack",
+                     extrasamples=["unassalpha"])  # fmt: skip
+    for name in ("planar.tif", "contig.tif"):
+        np.testing.assert_array_equal(read_image(tmp_path / name), np.dstack([gray, gray, gray, alpha]), name)
+    # two planes that are not gray + alpha stay two slices
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([gray, alpha]), photometric="minisblack")
+    np.testing.assert_array_equal(read_image(tmp_path / "two.tif"), np.stack([gray, alpha]))
+
+
+def test_a_link_into_a_missing_folder_is_refused_before_the_work(tmp_path):
+    """An output that is a symlink into a missing folder passed the check and failed after the work, with a raw
+    "No such file or directory" naming a hidden temporary file."""
+    from napari_refocusgan.core.imaging import check_writable
+
+    dangling = tmp_path / "out.png"
+    dangling.symlink_to(tmp_path / "missing" / "x.png")
+    with pytest.raises(RefocusError, match="is a link to .*x.png, whose folder does not exist"):
+        check_writable(dangling)
+    pointing = tmp_path / "new.png"
+    pointing.symlink_to(tmp_path / "y.png")  # a link to a file not made yet, in a folder that exists
+    check_writable(pointing)
+    write_image(pointing, np.zeros((4, 5), np.uint8))
+    assert pointing.is_symlink() and (tmp_path / "y.png").is_file()
+
+
 def test_writing_keeps_symlinks_permissions_and_works_for_long_and_odd_names(tmp_path, monkeypatch):
     img = np.zeros((4, 5), np.uint8)
     real = write_image(tmp_path / "real.png", img)

@@ -353,6 +353,8 @@ def _read_with_pillow_or_imageio(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:  # the header only
             mode = {"CMYK": "RGB", "LA": "RGBA", "La": "RGBA", "PA": "RGBA"}.get(im.mode)
+            if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
+                mode = "RGBA"  # a palette or colour-key transparency (pngquant's PNGs) is an alpha channel
     except UnidentifiedImageError:  # not a Pillow format: imageio finds a plugin
         return iio.imread(path)
     return iio.imread(path, plugin="pillow", mode=mode, rotate=True)
@@ -363,8 +365,14 @@ def _read_tiff(path: Path) -> np.ndarray:
     taken for three gray slices. ImageJ channels (C) stay where they are: they are usually separate stains,
     not the red, green and blue of one colour image. Single images appended page by page (several 2-D series
     of one shape and dtype, as tifffile's append=True writes) are stacked as slices; otherwise the first
-    series is the image (later ones may be thumbnails, other positions of an OME file, masks)."""
+    series is the image (later ones may be thumbnails, other positions of an OME file, masks). Gray + alpha
+    becomes RGBA, as it does from a PNG."""
     import tifffile
+
+    def read(s) -> np.ndarray:
+        page = s.keyframe
+        gray_alpha = page.photometric == tifffile.PHOTOMETRIC.MINISBLACK and tuple(page.extrasamples) in ((1,), (2,))
+        return _colour_last(s.asarray(), s.axes, gray_alpha=gray_alpha)
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series
@@ -373,15 +381,18 @@ def _read_tiff(path: Path) -> np.ndarray:
             s.axes in ("YX", "YXS") and s.shape == first.shape and s.dtype == first.dtype for s in series
         )
         if appended:
-            return np.stack([_colour_last(s.asarray(), s.axes) for s in series])
-        return _colour_last(first.asarray(), first.axes)
+            return np.stack([read(s) for s in series])
+        return read(first)
 
 
-def _colour_last(data: np.ndarray, axes: str) -> np.ndarray:
+def _colour_last(data: np.ndarray, axes: str, *, gray_alpha: bool = False) -> np.ndarray:
+    """The samples axis (S) of colour (3, 4) or, when ``gray_alpha``, of gray + alpha (2) moved last; gray +
+    alpha as RGBA. Contiguous or planar, alike."""
     i = axes.find("S")
-    if 0 <= i < data.ndim - 1 and data.shape[i] in (3, 4):
-        return np.moveaxis(data, i, -1)
-    return data
+    if i < 0 or i >= data.ndim or data.shape[i] not in ((2,) if gray_alpha else (3, 4)):
+        return data
+    data = np.moveaxis(data, i, -1)
+    return data[..., [0, 0, 0, 1]] if gray_alpha else data
 
 
 def _is_16bit_colour_png(head: bytes) -> bool:
@@ -497,6 +508,10 @@ def check_writable(path: str | Path) -> None:
         if os.access(target, os.W_OK):
             return
         raise RefocusError(f"output {out} is read-only; make it writable or write the result under another name.")
+    if out.is_symlink():  # a link to a file not there yet: write_image makes that file, in the folder it names
+        if not target.parent.is_dir():
+            raise RefocusError(f"output {out} is a link to {target}, whose folder does not exist.")
+        folder = target.parent
     try:  # really try: os.access says yes to root on folders where creating a file fails (/sys, /proc)
         with tempfile.TemporaryFile(dir=folder):
             pass
