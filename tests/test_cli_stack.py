@@ -177,3 +177,29 @@ def test_demo_writes_every_pipeline_stage(tmp_path, capsys):
     for name in stages[4:]:
         assert iio.imread(tmp_path / "demo" / name).shape == stack.shape[1:]
     assert printed.count(" dB") == 6  # each network output against its ground truth, and the identity
+
+
+def test_ctrl_c_while_the_commands_load_is_an_interruption(monkeypatch, capsys):
+    """The command modules import torch, which takes a second or two: a Ctrl-C then printed a traceback."""
+    import napari_refocusgan.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["models"]) == 130
+    assert capsys.readouterr().err.strip() == "refocusgan: interrupted"
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`refocusgan models | head -1`: the closed pipe was reported as an output error ("[Errno 32] Broken pipe",
+    exit 2). It now ends quietly with 141, as a shell tool ended by SIGPIPE does."""
+    import subprocess
+    import sys
+
+    code = "import sys; from napari_refocusgan.cli import main; sys.exit(main(['models']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has printed anything: it starts by importing torch
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err, err

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
 from ..core.allocator import retain_freed_memory
 from ..core.errors import RefocusError, is_out_of_memory
-from . import classical_cmds, network_cmds, stack_cmds
-
-COMMAND_MODULES = [stack_cmds, classical_cmds, network_cmds]
 
 
 # argparse (before Python 3.14) reads "-1e-3" as an unknown option, so "--delta -1e-3" failed with "expected one
@@ -30,31 +28,41 @@ def build_parser() -> argparse.ArgumentParser:
         prog="refocusgan",
         description="Single-image refocusing (RefocusGAN): focal stacks, focus measures, deblur, refocus.",
     )
+    # imported here, inside main's handlers: they import torch, which takes a second or two to load, and a
+    # Ctrl-C meanwhile is an interruption like any other, not a traceback
+    from . import classical_cmds, network_cmds, stack_cmds
+
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
+    for module in (stack_cmds, classical_cmds, network_cmds):
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    retain_freed_memory()  # this process is ours: layers reuse freed memory instead of faulting in new pages
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    prog = "refocusgan"
     try:
+        retain_freed_memory()  # this process is ours: layers reuse freed memory instead of faulting in new pages
+        args = build_parser().parse_args(argv)
+        prog = f"refocusgan {args.command}"
         return int(args.func(args) or 0)
     except RefocusError as exc:
-        print(f"refocusgan {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"refocusgan {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our standard output left (| head): nothing to report, but the rest of the output is lost,
+        # as for a shell tool ended by SIGPIPE; the interpreter must not fail flushing it again at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except OSError as exc:  # unwritable output, a file where a folder should be, a full disk
-        print(f"refocusgan {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        print(f"refocusgan {args.command}: error: out of memory; try a smaller image (or --tile)", file=sys.stderr)
+        print(f"{prog}: error: out of memory; try a smaller image (or --tile)", file=sys.stderr)
         return 3
 
 
