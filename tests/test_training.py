@@ -189,6 +189,22 @@ def test_epochs_apply_when_no_steps_are_given_even_with_a_preset_of_steps(tmp_pa
     assert result.total_steps == result.step == 3  # one epoch of 3 items, batch 1
 
 
+def test_the_radiance_g1_may_be_a_registered_name(tmp_path):
+    """`--radiance g1:deblur-cpu` was refused ("no G1 weights file"), although --init-weights and evaluate --g1
+    take registered names and the training data loads it by name."""
+    from training.__main__ import _config_from_args, build_parser
+
+    def config(radiance: str):
+        args = build_parser().parse_args(["train", "refocus", "--config", "smoke", "--radiance", radiance,
+                                          "--out", str(tmp_path)])  # fmt: skip
+        return _config_from_args(args)
+
+    assert config("g1:deblur-cpu").radiance == "g1:deblur-cpu"
+    assert config("mix:deblur-cpu").radiance == "mix:deblur-cpu"
+    with pytest.raises(RefocusError, match="--radiance g1:no-such-g1: .*no such file and no such registered name"):
+        config("g1:no-such-g1")
+
+
 # --------------------------------------------------------------------------------------------- loop
 
 

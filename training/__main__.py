@@ -18,6 +18,7 @@ from pathlib import Path
 
 from napari_refocusgan.core.allocator import retain_freed_memory
 from napari_refocusgan.core.errors import RefocusError
+from napari_refocusgan.core.weights import weights_file
 
 from .configs import PERCEPTUAL_CHOICES, PRESETS, REFOCUS_DELTAS, TASKS, TrainConfig, get_config, radiance_source
 
@@ -36,7 +37,9 @@ def _radiance(text: str) -> str:
     kind, path = radiance_source(text)
     if kind == "true" or (kind is not None and path):
         return text
-    raise argparse.ArgumentTypeError("expected 'true', 'g1:PATH' or 'mix:PATH' (PATH: an exported G1 .safetensors)")
+    raise argparse.ArgumentTypeError(
+        "expected 'true', 'g1:W' or 'mix:W' (W: an exported G1 .safetensors or a registered name such as deblur-cpu)"
+    )
 
 
 # CLI option → TrainConfig field, for the plain overrides
@@ -98,8 +101,8 @@ def _add_train(sub) -> None:
                    help="δ set: 8 (δ=+8), 4 ({−9,−5,+5,+9}), 19 (−9..+9), continuous")  # fmt: skip
     p.add_argument("--single-stage", action="store_const", const=True, help="G2 without the radiance input")
     p.add_argument("--radiance", type=_radiance,
-                   help="G2's radiance input: true (centre view), g1:PATH (an exported G1 .safetensors, as at "
-                        "inference) or mix:PATH (either, at random per item)")  # fmt: skip
+                   help="G2's radiance input: true (centre view), g1:W (G1's radiance, as at inference; W an "
+                        "exported G1 .safetensors or a registered name) or mix:W (either, at random per item)")  # fmt: skip
     p.add_argument("--no-sml", action="store_const", const=True, help="G1 without the SML focus channel")
     p.add_argument("--init-weights", type=Path,
                    help="start the generator from these exported weights (.safetensors) and fine-tune; output "
@@ -159,9 +162,11 @@ def _config_from_args(args) -> TrainConfig:
     _refuse_radiance_options_without_radiance(overrides["single_stage"], overrides)
     cfg = get_config(args.config or "cpu", args.task, **overrides)
     kind, g1_path = radiance_source(cfg.radiance)
-    if kind != "true" and not Path(g1_path).is_file():
-        raise RefocusError(f"--radiance {cfg.radiance}: no G1 weights file (.safetensors, from training export) "
-                           f"at {g1_path}")  # fmt: skip
+    if kind != "true":
+        try:  # a file, or a registered name (as --init-weights and evaluate --g1 take)
+            weights_file(g1_path)
+        except RefocusError as exc:
+            raise RefocusError(f"--radiance {cfg.radiance}: {exc}") from exc
     return cfg
 
 
