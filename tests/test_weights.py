@@ -344,3 +344,21 @@ def test_an_empty_weights_name_says_so():
     for spec in ("", "  "):
         with pytest.raises(RefocusError, match="weights name or path is empty"):
             load_generator(spec, role="deblur")
+
+
+def test_read_config_gives_a_files_config_from_its_header(tmp_path):
+    """What the Refocus widget reads to fit its δ box when weights are chosen: the file's config, without its
+    tensors; files that load_generator refuses for their description are refused alike."""
+    from napari_refocusgan.core.networks import Generator, refocus_config
+    from napari_refocusgan.core.weights import read_config
+
+    config = refocus_config(deltas=(-4, 4), ngf=4, n_blocks=1)
+    path = tmp_path / "g2.safetensors"
+    save_generator(Generator(config), path, "refocus")
+    assert read_config(path) == config and read_config(path, role="refocus").delta_range == (-4.0, 4.0)
+    assert read_config("refocus") == load_generator("refocus").config
+    with pytest.raises(RefocusError, match="holds a refocus generator; a deblur generator is needed"):
+        read_config(path, role="deblur")
+    (tmp_path / "pickle.safetensors").write_bytes(b"\x80\x04\x95" + bytes(64))
+    with pytest.raises(RefocusError, match="never unpickle"):
+        read_config(tmp_path / "pickle.safetensors")

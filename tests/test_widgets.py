@@ -772,6 +772,26 @@ def test_refocus_widget_caches_radiance_and_updates_one_layer_as_delta_turns(vie
     assert_unchanged(layer, before)
 
 
+def test_the_delta_box_fits_the_chosen_g2_before_it_runs(viewer, tmp_path, notes):
+    """The box widened or narrowed to a user's G2 only after that model had run once: a G2 trained on −4…+4
+    let δ = 8 be chosen, and refused it only when it ran."""
+    from napari_refocusgan.core.networks import Generator, refocus_config
+    from napari_refocusgan.core.weights import default_model, save_generator
+
+    narrow = tmp_path / "narrow.safetensors"
+    save_generator(Generator(refocus_config(deltas=(-4, 4), ngf=4, n_blocks=1)), narrow, "refocus")
+    widget = dock(viewer, "Refocus")
+    shipped = default_model("refocus").config.delta_range
+    assert (widget._delta.min, widget._delta.max) == shipped
+    widget._weights.value = narrow
+    assert (widget._delta.min, widget._delta.max) == (-4.0, 4.0) and "narrow refocused" not in viewer.layers
+    widget._weights.value = tmp_path / "missing.safetensors"  # unreadable: the box stays, the run will say why
+    assert (widget._delta.min, widget._delta.max) == (-4.0, 4.0)
+    widget._weights.value = None
+    assert (widget._delta.min, widget._delta.max) == shipped
+    assert notes.errors() == []
+
+
 def test_refocus_output_is_followed_through_renames_and_recreated_when_deleted(viewer, tiny_weights, notes):
     """The widget keeps writing into the layer it made for this input, whatever the user renames (the
     output or the input); a new input gets its own layer, and a deleted output is made again."""

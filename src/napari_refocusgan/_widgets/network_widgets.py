@@ -21,7 +21,7 @@ from ..core.errors import RefocusError
 from ..core.focalstack import CancelFn, ProgressFn, StackConfig
 from ..core.focus import SMLParams, sml
 from ..core.inference import available_devices, check_delta, deblur, pick_device, refocus
-from ..core.weights import LoadedModel, default_model, load_generator
+from ..core.weights import LoadedModel, default_model, load_generator, read_config
 from .layer_io import (
     OutputLayers,
     choice_was_lost,
@@ -277,11 +277,19 @@ class RefocusWidget(Container):
         self._delta.changed.connect(self._delta_changed)
         self.runner.finished.connect(self._after_run)
         self.runner.cancelling.connect(self._drop_pending_run)
+        self._weights.changed.connect(self._weights_chosen)
         follow_layer_list(napari_viewer, self)
-        try:  # the shipped G2's trained range, from the registry (no weights loaded yet)
-            self._fit_delta_box(default_model("refocus").config)
+        self._weights_chosen()
+
+    def _weights_chosen(self, *_) -> None:
+        """Fit the δ box to the chosen G2's trained range, read from its file's header (no weights loaded): the
+        shipped G2's from the registry. A file that cannot be read leaves the box; running it says why."""
+        weights = self._weights.value
+        try:
+            config = default_model("refocus").config if weights is None else read_config(weights, role="refocus")
         except RefocusError:
-            pass  # no shipped weights: the box keeps the stack's full range until a model has run
+            return
+        self._fit_delta_box(config)
 
     def _fit_delta_box(self, config) -> None:
         """Limit the δ box to what the G2 ``config`` was trained on (whole steps for one-hot models)."""

@@ -382,22 +382,7 @@ def load_generator(
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise RefocusError(f"{path} is not a readable safetensors file (corrupt or truncated): {exc}") from exc
 
-    if metadata.get("format") != FORMAT:
-        raise RefocusError(
-            f"{path} is a safetensors file but not napari-refocusgan weights (metadata format "
-            f"{metadata.get('format')!r}, expected {FORMAT!r}); save weights with save_generator / training export."
-        )
-    try:
-        config = GeneratorConfig.from_dict(json.loads(metadata["config"]))
-        sml_params = SMLParams(**json.loads(metadata.get("sml", "{}")))
-        sml_params.check()
-        file_role = metadata["role"]
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise RefocusError(f"{path}: unreadable model description in its metadata: {exc}") from exc
-    if file_role not in ROLES or file_role != role_of(config):
-        raise RefocusError(f"{path}: role {file_role!r} does not fit its config (δ mode {config.delta_mode!r}).")
-    if role is not None and file_role != role:
-        raise RefocusError(f"{path} holds a {file_role} generator; a {role} generator is needed here.")
+    config, sml_params, file_role = _description(path, metadata, role)
     if entry is not None and entry.config != config:
         raise RefocusError(f"{path}: its config differs from the registry entry {entry.name!r}.")
 
@@ -421,6 +406,46 @@ def load_generator(
     generator.eval().to(device)
     name = entry.name if entry is not None else metadata.get("name", path.stem)
     return LoadedModel(generator, file_role, name, path, sml_params, metadata)
+
+
+def _description(path: Path, metadata: dict[str, str], role: str | None) -> tuple[GeneratorConfig, SMLParams, str]:
+    """The config, SML parameters and role that a weights file's metadata give, checked against each other and
+    against the ``role`` asked for."""
+    if metadata.get("format") != FORMAT:
+        raise RefocusError(
+            f"{path} is a safetensors file but not napari-refocusgan weights (metadata format "
+            f"{metadata.get('format')!r}, expected {FORMAT!r}); save weights with save_generator / training export."
+        )
+    try:
+        config = GeneratorConfig.from_dict(json.loads(metadata["config"]))
+        sml_params = SMLParams(**json.loads(metadata.get("sml", "{}")))
+        sml_params.check()
+        file_role = metadata["role"]
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise RefocusError(f"{path}: unreadable model description in its metadata: {exc}") from exc
+    if file_role not in ROLES or file_role != role_of(config):
+        raise RefocusError(f"{path}: role {file_role!r} does not fit its config (δ mode {config.delta_mode!r}).")
+    if role is not None and file_role != role:
+        raise RefocusError(f"{path} holds a {file_role} generator; a {role} generator is needed here.")
+    return config, sml_params, file_role
+
+
+def read_config(
+    spec: str | os.PathLike, *, role: str | None = None, registry: str | os.PathLike | None = None
+) -> GeneratorConfig:
+    """The generator config that weights ``spec`` (as :func:`load_generator` takes it) describe, from the file's
+    header alone: no tensor is read and nothing is hashed, so a widget can show a model's δ range when it is
+    chosen. :func:`load_generator` still checks everything before the model runs."""
+    from safetensors import SafetensorError, safe_open
+
+    path, _ = _resolve(spec, role, registry)
+    try:
+        _sniff_safetensors(path)
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise RefocusError(f"{path} is not a readable safetensors file (corrupt or truncated): {exc}") from exc
+    return _description(path, metadata, role)[0]
 
 
 def check_state_dict(generator: Generator, tensors: dict[str, torch.Tensor], *, source: str = "weights") -> None:
