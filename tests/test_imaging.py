@@ -219,6 +219,15 @@ def test_png_transparency_without_an_alpha_channel_is_read_as_rgba(tmp_path):
     assert keyed.shape == (6, 10, 4)
     np.testing.assert_array_equal(keyed[..., 3], np.where(gray == 7, 0, 255))
     np.testing.assert_array_equal(keyed[..., 1], gray)
+    deep = gray.astype(np.uint16) * 1000  # 16-bit gray with a key: the 16 bits are kept
+    Image.fromarray(deep).save(tmp_path / "key16.png", transparency=7000)
+    keyed16 = read_image(tmp_path / "key16.png")
+    assert keyed16.shape == (6, 10, 4) and keyed16.dtype == np.uint16
+    np.testing.assert_array_equal(keyed16[..., 3], np.where(deep == 7000, 0, 65535))
+    np.testing.assert_array_equal(keyed16[..., 2], deep)
+    Image.fromarray(gray > 30).save(tmp_path / "key1.png", transparency=0)  # 1-bit, black transparent
+    keyed1 = read_image(tmp_path / "key1.png")
+    np.testing.assert_array_equal(keyed1[..., 3], np.where(gray > 30, 255, 0))
 
 
 def test_compressed_and_gray_alpha_tiffs_are_read(tmp_path):
@@ -255,6 +264,15 @@ def test_a_link_into_a_missing_folder_is_refused_before_the_work(tmp_path):
     dangling.symlink_to(tmp_path / "missing" / "x.png")
     with pytest.raises(RefocusError, match="is a link to .*x.png, whose folder does not exist"):
         check_writable(dangling)
+    into_a_file = tmp_path / "into_file.png"
+    (tmp_path / "a_file").write_bytes(b"")
+    into_a_file.symlink_to(tmp_path / "a_file" / "x.png")
+    with pytest.raises(RefocusError, match="whose folder is a file, not a folder"):
+        check_writable(into_a_file)
+    folder_link = tmp_path / "results"
+    folder_link.symlink_to(tmp_path / "missing_folder")  # a folder link pointing nowhere: mkdir cannot pass it
+    with pytest.raises(RefocusError, match="results is a link to .*missing_folder, which does not exist"):
+        check_writable(folder_link / "out.png")
     pointing = tmp_path / "new.png"
     pointing.symlink_to(tmp_path / "y.png")  # a link to a file not made yet, in a folder that exists
     check_writable(pointing)

@@ -1161,6 +1161,26 @@ def test_outputs_keep_the_input_units_and_axis_labels(viewer, tiny_weights, note
     out = viewer.layers[f"cells {classical._method.value}"]
     assert [str(u) for u in out.units] == ["micrometer"] * 2 and tuple(out.axis_labels) == ("y", "x")
     assert np.allclose(out.scale, (0.1, 0.1))
+    layer.units, layer.axis_labels = ("um", "nm", "nm"), ("z", "row", "col")
+    classical._run_button.clicked()  # a rerun updates the layer in place, units and labels too
+    assert [str(u) for u in out.units] == ["nanometer"] * 2 and tuple(out.axis_labels) == ("row", "col")
+
+
+def test_the_slice_shown_takes_the_scale_of_stacks_held_in_memory_only(tmp_path):
+    """Reading a whole lazy or memory-mapped stack for one slice would cost what the slice mode saves."""
+    import dask.array as da
+    from napari.layers import Image
+
+    from napari_refocusgan._widgets.layer_io import stack_scale_later
+
+    stack = np.stack([textured_image(s)[..., 0] for s in (71, 72)]) * np.float32(300)
+    mapped = np.lib.format.open_memmap(tmp_path / "stack.npy", mode="w+", dtype=np.float32, shape=stack.shape)
+    mapped[:] = stack
+    assert stack_scale_later(Image(stack))() == pytest.approx(float(stack.max()))
+    assert stack_scale_later(Image(stack), Image(stack * 2))() == pytest.approx(float(stack.max()) * 2)
+    for lazy in (mapped, da.from_array(stack)):
+        assert stack_scale_later(Image(lazy))() is None
+    assert stack_scale_later(Image((stack / 300 * 255).astype(np.uint8)))() is None  # integers: their dtype's
 
 
 def test_a_delta_turn_keeps_the_contrast_limits_the_user_set(viewer, tiny_weights, notes):

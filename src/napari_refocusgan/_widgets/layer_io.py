@@ -244,10 +244,12 @@ def stack_scale_later(layer: Image, partner: Image | None = None) -> Callable[[]
     float full scale of the whole ``layer`` (shared with its radiance ``partner``, see
     :func:`~..core.imaging.pair_full_scale`), so that the slice is scaled as the stack's other slices and its
     result comes back on the stack's scale. None, and the slice is taken on its own scale, for lazy data (reading
-    all of it is what the slice mode avoids) or when the whole stack gives no scale (a NaN in another slice)."""
+    all of it is what the slice mode avoids; a memory-mapped file too) or when the whole stack gives no scale (a
+    NaN in another slice). The scan takes about 0.15 s per 400 MB of float stack, on every run."""
     layers = [lay for lay in (layer, partner) if lay is not None]
     arrays = [lay.data for lay in layers]
-    if any(lay.multiscale or not isinstance(a, np.ndarray) for lay, a in zip(layers, arrays)):
+    in_memory = [isinstance(a, np.ndarray) and not isinstance(a, np.memmap) for a in arrays]
+    if any(lay.multiscale for lay in layers) or not all(in_memory):
         return lambda: None
 
     def scale() -> float | None:

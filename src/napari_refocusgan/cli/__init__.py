@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader of our standard output left (| head): nothing to report, but the rest of the output is lost,
         # as for a shell tool ended by SIGPIPE; the interpreter must not fail flushing it again at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (called in-process)
+            pass
         return 128 + 13
     except OSError as exc:  # unwritable output, a file where a folder should be, a full disk
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -353,11 +353,17 @@ def _read_with_pillow_or_imageio(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:  # the header only
             mode = {"CMYK": "RGB", "LA": "RGBA", "La": "RGBA", "PA": "RGBA"}.get(im.mode)
-            if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
-                mode = "RGBA"  # a palette or colour-key transparency (pngquant's PNGs) is an alpha channel
+            key = im.info.get("transparency")
+            if key is not None and im.mode in ("P", "L", "RGB", "1"):
+                mode = "RGBA"  # a palette or colour-key transparency (pngquant's PNGs, GIFs) is an alpha channel
+            deep_gray_key = key if isinstance(key, int) and im.mode.startswith("I") else None
     except UnidentifiedImageError:  # not a Pillow format: imageio finds a plugin
         return iio.imread(path)
-    return iio.imread(path, plugin="pillow", mode=mode, rotate=True)
+    data = iio.imread(path, plugin="pillow", mode=mode, rotate=True)
+    if deep_gray_key is not None and data.ndim == 2:  # 16-bit gray with a colour key: Pillow's RGBA has 8 bits
+        alpha = np.where(data == deep_gray_key, 0, np.iinfo(data.dtype).max if data.dtype.kind in "ui" else 1)
+        data = np.stack([data, data, data, alpha.astype(data.dtype)], axis=-1)
+    return data
 
 
 def _read_tiff(path: Path) -> np.ndarray:
@@ -500,6 +506,9 @@ def check_writable(path: str | Path) -> None:
     writable itself, as for ``cp`` (:func:`write_image` then writes beside it and renames, or in place in a
     read-only folder)."""
     out = Path(path)
+    for parent in out.parents:
+        if parent.is_symlink() and not parent.exists():  # mkdir cannot make the folder it points to
+            raise RefocusError(f"output {out}: {parent} is a link to {os.path.realpath(parent)}, which does not exist.")
     folder = nearest_existing(out.parent)
     if not folder.is_dir():
         raise RefocusError(f"output {out}: {folder} is a file, not a folder.")
@@ -510,7 +519,8 @@ def check_writable(path: str | Path) -> None:
         raise RefocusError(f"output {out} is read-only; make it writable or write the result under another name.")
     if out.is_symlink():  # a link to a file not there yet: write_image makes that file, in the folder it names
         if not target.parent.is_dir():
-            raise RefocusError(f"output {out} is a link to {target}, whose folder does not exist.")
+            problem = "is a file, not a folder" if target.parent.exists() else "does not exist"
+            raise RefocusError(f"output {out} is a link to {target}, whose folder {problem}.")
         folder = target.parent
     try:  # really try: os.access says yes to root on folders where creating a file fails (/sys, /proc)
         with tempfile.TemporaryFile(dir=folder):
