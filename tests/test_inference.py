@@ -640,3 +640,17 @@ def test_one_slice_taken_at_the_scale_of_its_stack(g1, g2):
     )  # fmt: skip
     with pytest.raises(RefocusError, match="beyond the full scale 100 it must share"):
         deblur(stack[0], g1, full_scale=100.0)
+
+
+def test_tile_used_is_the_tile_a_run_takes():
+    """What the widgets record: a tile too small for the blend margins is enlarged, one larger than the image
+    runs it whole, and auto tiles only images beyond the untiled budget."""
+    cfg = deblur_config(ngf=32, n_blocks=6)
+    margin = inference.RunSettings().margin_for(cfg)
+    assert inference.tile_used(cfg, (1000, 1000), 8) == max(2 * margin, 16)
+    assert inference.tile_used(cfg, (1000, 1000), 302) == max(304, 2 * margin)
+    assert inference.tile_used(cfg, (100, 120), 256) is None
+    assert inference.tile_used(cfg, (100, 120)) is None
+    assert inference.tile_used(cfg, (4000, 6000), 0) == inference.DEFAULT_TILE
+    with pytest.raises(RefocusError, match="tile must be a whole number"):
+        inference.tile_used(cfg, (100, 100), -4)

@@ -613,7 +613,10 @@ def test_deblur_widget_matches_core_and_records_model_and_device(viewer, tiny_we
     widget._tile.value = 256
     widget._run_button.clicked()
     assert len(viewer.layers) == n and viewer.layers["photo radiance"] is out
-    assert out.metadata["tile"] == 256
+    assert out.metadata["tile"] == 256 and out.metadata["tile_used"] == 0  # 32×40 runs whole
+    widget._tile.value = 8  # too small for both blend margins (24 px each): enlarged past 32×40, so it runs whole
+    widget._run_button.clicked()
+    assert out.metadata["tile"] == 8 and out.metadata["tile_used"] == 0
     assert_unchanged(layer, before)
 
 

@@ -20,7 +20,7 @@ from napari.utils.notifications import show_info
 from ..core.errors import RefocusError
 from ..core.focalstack import CancelFn, ProgressFn, StackConfig
 from ..core.focus import SMLParams, sml
-from ..core.inference import available_devices, check_delta, deblur, pick_device, refocus
+from ..core.inference import available_devices, check_delta, deblur, pick_device, refocus, tile_used
 from ..core.weights import LoadedModel, default_model, load_generator, read_config
 from .layer_io import (
     OutputLayers,
@@ -109,13 +109,17 @@ class ModelSlot:
         return self._key
 
 
-def model_metadata(model: LoadedModel, device, tile: int) -> dict[str, Any]:
+def model_metadata(model: LoadedModel, device, tile: int, image: np.ndarray, rgb: bool) -> dict[str, Any]:
+    """What made an output: the model, the device, the tile side asked for (0 = auto) and the one taken for
+    ``image``'s slices (0 = whole)."""
+    hw = image.shape[-3:-1] if rgb else image.shape[-2:]
     return {
         "model": model.name,
         "role": model.role,
         "weights": str(model.source) if model.source else None,
         "device": str(device),
         "tile": int(tile),
+        "tile_used": int(tile_used(model.config, hw, tile) or 0),
     }
 
 
@@ -214,7 +218,7 @@ class DeblurWidget(Container):
             used = params or model.sml
             metadata = {
                 "source": source,
-                **model_metadata(model, device, tile),
+                **model_metadata(model, device, tile, data, rgb),
                 "sml_params": asdict(used),
                 "focus": focus[0] if focus is not None else "computed from the image",
             }
@@ -391,7 +395,7 @@ class RefocusWidget(Container):
             )  # fmt: skip
             metadata = {
                 "source": source,
-                **model_metadata(g2, device, tile),
+                **model_metadata(g2, device, tile, data, rgb),
                 "delta": d,
                 "delta_slope_px_per_view": d * _STACK.slope_step,
                 "radiance": radiance_note,

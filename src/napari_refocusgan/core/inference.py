@@ -422,6 +422,15 @@ def _network_slices(
     return image_slices(image, rgb, name, min_size=MIN_SIZE, needed_by="the networks", full_scale=full_scale)
 
 
+def tile_used(config: GeneratorConfig, hw: tuple[int, int], tile: int | None = None,
+              margin: int | None = DEFAULT_MARGIN) -> int | None:  # fmt: skip
+    """The tile core side that :func:`deblur`/:func:`refocus` take for H×W images when asked for ``tile`` (0 or
+    None: auto): rounded to the stride grid and at least both blend margins; None when the image runs whole."""
+    settings = RunSettings(None, tile or None, margin)
+    settings.check()
+    return settings.tile_for(_ceil4(hw[0]), _ceil4(hw[1]), config)
+
+
 def _units(settings: RunSettings, hw: tuple[int, int], generator: Generator) -> int:
     """Progress steps per generator run on one slice."""
     hp, wp = (_ceil4(n) for n in hw)
