@@ -718,6 +718,40 @@ def test_reader_refuses_a_single_row_of_views_and_names_the_current_folder(tmp_p
         read_lightfield_layers(row)
     monkeypatch.chdir(write_grid(tmp_path / "here", 2, 2))
     assert read_lightfield_layers(".")[0][1]["name"] == "here focal stack"
+    (tmp_path / "here" / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "here" / "sub")
+    assert read_lightfield_layers("..")[0][1]["name"] == "here focal stack"  # was ".. focal stack"
+
+
+def test_focal_stack_command_names_the_real_grid_and_the_default_window(tmp_path, capsys):
+    """`--views 7` on a 5×9 folder said the light field had "only 5×7" (the block already cut to 7 columns);
+    `--slices 10` alone blamed a "keep 6:15" the user never typed."""
+    from napari_refocusgan.cli import main
+
+    folder = write_grid(tmp_path / "wide", 5, 9, shape=(12, 12))
+    out = str(tmp_path / "stack.tif")
+    assert main(["focal-stack", str(folder), "-o", out, "--views", "7"]) == 2
+    assert "has a 5×9 grid of views" in capsys.readouterr().err
+    assert main(["focal-stack", str(folder), "-o", out, "--slices", "10"]) == 2
+    assert "the default --keep 6:15 (the paper's window of its 30 slices) does not fit --slices 10" in (
+        capsys.readouterr().err
+    )
+    assert main(["focal-stack", str(folder), "-o", out, "--slices", "10", "--keep", "auto"]) == 0
+    assert main(["focal-stack", str(folder), "-o", out]) == 0  # the default window on the default 30 slices
+    assert tifffile.imread(out).shape[0] == 10
+
+
+def test_a_huge_declared_grid_is_reported_without_listing_it(tmp_path):
+    """A parameters.cfg declaring 4000×4000 cameras listed all 16 million missing views (seconds, gigabytes)
+    before saying the grid was incomplete; 100000×100000 ran out of memory."""
+    folder = tmp_path / "hci"
+    folder.mkdir()
+    for i in range(4):
+        iio.imwrite(folder / f"input_Cam{i:03d}.png", np.zeros((8, 8, 3), np.uint8))
+    (folder / "parameters.cfg").write_text("[extrinsics]\nnum_cams_x = 100000\nnum_cams_y = 100000\n")
+    with pytest.raises(RefocusError, match=r"100000×100000 view grid is incomplete; missing input_Cam004.png, .* and "
+                                           r"9999999990 more"):  # fmt: skip
+        read_lightfield(folder)
 
 
 @pytest.mark.parametrize("value", ["abc", float("nan"), None])

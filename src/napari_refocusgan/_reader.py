@@ -79,7 +79,7 @@ def read_lightfield_layers(path: PathOrPaths) -> list[LayerDataTuple]:
 
 def lightfield_layers(lf: LightField) -> list[LayerDataTuple]:
     """Layer data tuples for one light field (see :func:`read_lightfield_layers`)."""
-    named = lf.path if lf.path.name else lf.path.resolve()  # "." has no name
+    named = lf.path if lf.path.name not in ("", "..") else lf.path.resolve()  # "." and ".." name no folder
     stem = named.stem if named.suffix else named.name
     common = {"source": lf.source, "path": str(lf.path)}
     described = {k: v for k, v in lf.metadata.items() if not isinstance(v, np.ndarray)}  # arrays are layers

@@ -12,6 +12,8 @@ from ..core.focalstack import StackConfig, centre_view, focal_stack, parse_keep
 from ..core.focus import SMLParams, sml
 from ..core.imaging import check_output_path, from_float, read_image, write_image
 
+PAPER_KEEP = StackConfig().keep  # the paper's window of its 30 slices, the default
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("focal-stack", help="light field (folder, ESLF PNG or .lfp) → float32 TIFF (S, H, W, C)")
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="use the central N×N views (default 7, or the whole grid when it is smaller)")
     p.add_argument("--slices", type=int, default=30, help="number of slopes S (default 30)")
     p.add_argument("--s-max", type=float, default=1.5, help="largest slope in px per view (default 1.5)")
-    p.add_argument("--keep", default="6:15", help="1-based slice window FIRST:LAST, 'all' or 'auto' (default 6:15)")
+    p.add_argument("--keep", help="1-based slice window FIRST:LAST, 'all' or 'auto' (default 6:15, the paper's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.set_defaults(func=cmd_focal_stack)
 
@@ -50,10 +52,13 @@ def sml_params(args: argparse.Namespace) -> SMLParams:
 
 
 def stack_config(args: argparse.Namespace) -> tuple[StackConfig, bool]:
-    keep = parse_keep(args.keep)
+    if args.keep is None and args.slices < PAPER_KEEP[1]:
+        raise RefocusError(f"the default --keep {PAPER_KEEP[0]}:{PAPER_KEEP[1]} (the paper's window of its 30 slices) "
+                           f"does not fit --slices {args.slices}: pass --keep auto, all or a window FIRST:LAST.")  # fmt: skip
+    keep = PAPER_KEEP if args.keep is None else parse_keep(args.keep)
     auto = keep == "auto"
     views = StackConfig().views if args.views is None else args.views
-    cfg = StackConfig(views, args.slices, args.s_max, (6, 15) if auto else keep)
+    cfg = StackConfig(views, args.slices, args.s_max, PAPER_KEEP if auto else keep)
     if auto and cfg.slices < 15:  # keep the paper's window length when S allows it
         cfg = StackConfig(views, args.slices, args.s_max, (1, min(10, cfg.slices)))
     cfg.check()
@@ -77,6 +82,10 @@ def cmd_focal_stack(args: argparse.Namespace) -> int:
     if lf.views is not None:
         if args.views is None:  # as the napari reader does: a smaller grid is used whole
             cfg = cfg.within(lf.views.shape[:2])
+        elif cfg.views > min(lf.views.shape[:2]):  # the reader kept at most n×n: name the file's whole grid
+            rows, cols = lf.metadata.get("grid_in_file", lf.views.shape[:2])
+            raise RefocusError(f"--views {cfg.views}: {args.path} has a {rows}×{cols} grid of views; the central "
+                               f"n×n must fit in it (at most --views {min(rows, cols)}).")  # fmt: skip
         stack, slopes, cfg = focal_stack(lf.views, cfg, keep_auto=auto, device=device)
         write_image(out, stack.astype(np.float32))
         print(f"wrote {out}: {stack.shape[0]} slices {cfg.keep or 'all'} of {cfg.slices}, "

@@ -12,6 +12,7 @@ negated on read: :attr:`LightField.disparity` always follows :mod:`..focalstack`
 from __future__ import annotations
 
 import configparser
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -44,8 +45,11 @@ class ViewFolder:
     name: str = ""
     parameters: dict | None = None  # an HCI folder's parameters.cfg, when it has one
 
-    def missing(self) -> list[tuple[int, int]]:
-        return [(r, c) for r in range(self.rows) for c in range(self.cols) if (r, c) not in self.files]
+    def missing(self, first: int) -> tuple[list[tuple[int, int]], int]:
+        """The ``first`` missing views (row-major) and how many are missing: the grid may be declared huge
+        (parameters.cfg), so it is never listed whole."""
+        every = ((r, c) for r in range(self.rows) for c in range(self.cols) if (r, c) not in self.files)
+        return list(itertools.islice(every, first)), self.rows * self.cols - len(self.files)
 
 
 def _listing(folder: Path) -> list[Path]:
@@ -158,10 +162,10 @@ def read_view_folder(folder: str | Path, views: int | None = None) -> LightField
             f"{folder} holds no light-field views: expected HCI files input_Cam000.png … input_Cam080.png or "
             "a grid named NAME_RR_CC.png (1-based row and column)."
         )
-    missing = found.missing()
+    missing, n_missing = found.missing(6)
     if missing:
-        shown = ", ".join(_view_name(found, r, c) for r, c in missing[:6])
-        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        shown = ", ".join(_view_name(found, r, c) for r, c in missing)
+        more = f" and {n_missing - len(missing)} more" if n_missing > len(missing) else ""
         assumed = ""
         if found.kind == "hci" and found.parameters is None:
             assumed = (
