@@ -123,10 +123,12 @@ def test_focal_stack_command_paper_window_and_auto(tmp_path, capsys):
         (["focal-stack", "{tmp}/cut.lfp", "-o", "{tmp}/o.tif"], "LFP"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--views", "0"], "views"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--keep", "12:3"], "keep"),
-        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--slices", "10"], "keep all slices with --keep all"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--slices", "10"], "default --keep 6:15 (the paper's"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--slices", "10", "--keep", "3:12"],
+         "keep all slices with --keep all"),  # fmt: skip
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--device", "tpu"], "device"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/afile/o.tif", "--views", "3"], "afile"),
-        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--views", "7"], "only 3×3"),
+        (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--views", "7"], "has a 3×3 grid of views"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--s-max", "1000"], "shifts the outer views by 655.172 px"),
         (["focal-stack", "{tmp}/views", "-o", "{tmp}/o.tif", "--s-max", "1e300"], "more than the 16×16 image"),
         (["focal-stack", "{tmp}/missing", "-o", "{tmp}/o.tif", "--slices", "1"], "slices must be ≥ 2"),  # first

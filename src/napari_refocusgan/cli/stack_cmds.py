@@ -52,12 +52,13 @@ def sml_params(args: argparse.Namespace) -> SMLParams:
 
 
 def stack_config(args: argparse.Namespace) -> tuple[StackConfig, bool]:
+    views = StackConfig().views if args.views is None else args.views
     if args.keep is None and args.slices < PAPER_KEEP[1]:
+        StackConfig(views, args.slices, args.s_max, None).check()  # their own errors first (slices ≥ 2, …)
         raise RefocusError(f"the default --keep {PAPER_KEEP[0]}:{PAPER_KEEP[1]} (the paper's window of its 30 slices) "
                            f"does not fit --slices {args.slices}: pass --keep auto, all or a window FIRST:LAST.")  # fmt: skip
     keep = PAPER_KEEP if args.keep is None else parse_keep(args.keep)
     auto = keep == "auto"
-    views = StackConfig().views if args.views is None else args.views
     cfg = StackConfig(views, args.slices, args.s_max, PAPER_KEEP if auto else keep)
     if auto and cfg.slices < 15:  # keep the paper's window length when S allows it
         cfg = StackConfig(views, args.slices, args.s_max, (1, min(10, cfg.slices)))
