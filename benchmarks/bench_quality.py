@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from _cli import count, positive_int, run_script  # noqa: E402
 from training import evaluate as ev  # noqa: E402
+from napari_refocusgan.core.errors import RefocusError  # noqa: E402
 
 FOUR = "{-9,-5,+5,+9}"
 
@@ -44,8 +45,11 @@ def _check(label: str, ours: float, other: float, other_name: str, unit: str = "
 
 
 def run(args) -> int:
-    g1 = ev.load_checked(args.g1, "--g1", "deblur")
+    g1 = ev.load_checked(args.g1, "--g1", "deblur", focus_channel=True)
     g2 = ev.load_checked(args.g2, "--g2", "refocus", radiance=True)
+    if FOUR not in ev.model_delta_configs(g2):
+        raise RefocusError(f"--g2 {args.g2} takes {ev.delta_label(g2)}; the quality bar scores δ ∈ {FOUR}: pass a G2 "
+                           "trained on them (continuous δ over −9…+9, or one-hot with those four)")  # fmt: skip
     datasets = []
     if args.synthetic:
         datasets.append((f"synthetic test ({args.synthetic} scenes, {args.scene_size}²)",

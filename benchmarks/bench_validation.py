@@ -27,13 +27,20 @@ sys.path.insert(0, str(ROOT))
 from training import data  # noqa: E402
 from _cli import positive_int, run_script  # noqa: E402
 from training import evaluate as ev  # noqa: E402
+from napari_refocusgan.core.errors import RefocusError  # noqa: E402
 
 
 def run(args) -> None:
-    models = {spec: ev.load_model(spec).generator for spec in args.g2}
-    for spec, g2 in models.items():
-        if g2.cfg.in_channels != 6 or g2.cfg.delta_mode == "none":
-            sys.exit(f"{spec} is not a two-stage G2 (RGB + radiance and δ); this report scores only those.")
+    ev.load_checked(args.g1, "--g1", "deblur", focus_channel=True)  # before any scoring
+    wanted = {round(d) for d in data.DELTA_SETS[args.deltas]}
+    models = {}
+    for spec in args.g2:
+        g2 = ev.load_checked(spec, "--g2", "refocus", radiance=True).generator
+        trained = ev.model_delta_configs(g2)
+        if not any(set(ev.DELTA_CONFIGS[c]) >= wanted for c in trained):  # a one-hot G2 would take the nearest δ
+            raise RefocusError(f"--g2 {spec} takes {ev.delta_label(g2)}, not all of --deltas {args.deltas} "
+                               f"({', '.join(f'{d:+d}' for d in sorted(wanted))})")  # fmt: skip
+        models[spec] = g2
     for radiance in ("true", f"g1:{args.g1}"):
         for clean in (0.0, 1.0):
             config = SimpleNamespace(crop=args.crop, scene_size=args.scene_size, val_scenes=args.scenes,

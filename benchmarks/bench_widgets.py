@@ -23,7 +23,7 @@ from _cli import positive_int
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--size", type=int, default=512, help="side of the square test image")
+    parser.add_argument("--size", type=positive_int, default=512, help="side of the square test image")
     parser.add_argument("--repeat", type=positive_int, default=3)
     args = parser.parse_args()
 

@@ -224,6 +224,8 @@ def test_cli_refuses_bad_options_and_models_before_rendering_anything(tmp_path, 
     save_generator(Generator(refocus_config(in_channels=3, ngf=4, n_blocks=1)), single, "refocus")
     g2 = tmp_path / "g2.safetensors"
     save_generator(Generator(refocus_config(ngf=4, n_blocks=1)), g2, "refocus")
+    no_sml = tmp_path / "g1ns.safetensors"
+    save_generator(Generator(deblur_config(in_channels=3, ngf=4, n_blocks=1)), no_sml, "deblur")
     afile = tmp_path / "afile"
     afile.write_text("x")
     cache = tmp_path / "cache"
@@ -238,6 +240,9 @@ def test_cli_refuses_bad_options_and_models_before_rendering_anything(tmp_path, 
         (["--g2", str(g1), *out], "holds a deblur generator"),
         (["--g1", str(single), *out], "holds a refocus generator"),
         (["--g2", str(single), *out], "pass it as --g2-single"),
+        # swapped G1s were scored under each other's names
+        (["--g1", str(no_sml), *out], "is a G1 without the SML channel: pass it as --g1-nosml"),
+        (["--g1-nosml", str(g1), *out], "is a G1 with the SML channel: pass it as --g1"),
         (["--g2", str(g2), str(g2), *out], "two G2s take δ the same way"),  # was found after Table 1
         (["--out", str(afile)], "is a file"),
         # empty tables over an earlier run's results: nothing selected is an error

@@ -170,19 +170,33 @@ def load_model(spec: str):
     return weights.load_generator(spec)
 
 
-def load_checked(spec: str | None, option: str, role: str, radiance: bool | None = None):
-    """``load_model(spec)`` (None when not given), with a clear error unless it is a ``role`` generator (and, for
-    G2, one with or without the radiance input as ``radiance`` says)."""
+def load_checked(
+    spec: str | None,
+    option: str,
+    role: str,
+    radiance: bool | None = None,
+    *,
+    focus_channel: bool | None = None,
+    other_option: str | None = None,
+):
+    """``load_model(spec)`` (None when not given), with a clear error unless it is a ``role`` generator, and for G2
+    one with or without the radiance input as ``radiance`` says, for G1 with or without the SML focus channel as
+    ``focus_channel`` says. ``other_option`` names the option that takes the other kind, for the message."""
     if not spec:
         return None
     model = load_model(spec)
     if model.role != role:
         raise RefocusError(f"{option} {spec} holds a {model.role} generator (G{1 if model.role == 'deblur' else 2}); "
                            f"{option} needs a {role} one (G{1 if role == 'deblur' else 2})")  # fmt: skip
-    if radiance is not None and (_generator(model).cfg.in_channels == 6) != radiance:
-        other = "--g2-single" if radiance else "--g2"
-        kind = "single-stage (no radiance input)" if radiance else "two-stage (with a radiance input)"
-        raise RefocusError(f"{option} {spec} is a {kind} G2: pass it as {other}")
+    in_channels = _generator(model).cfg.in_channels
+    inputs = [  # wanted, has it, what the model is with it and without it
+        (radiance, in_channels == 6, "two-stage G2 (with a radiance input)", "single-stage G2 (no radiance input)"),
+        (focus_channel, in_channels == 4, "G1 with the SML channel", "G1 without the SML channel"),
+    ]
+    for wanted, has, with_it, without_it in inputs:
+        if wanted is not None and has != wanted:
+            where = f"pass it as {other_option}" if other_option else f"{option} needs a {without_it if has else with_it}"
+            raise RefocusError(f"{option} {spec} is a {with_it if has else without_it}: {where}")
     return model
 
 
@@ -521,10 +535,10 @@ def evaluate(args) -> tuple[list[Row], list[str]]:
     # the options and models first: a wrong one fails before the scenes are rendered
     variants = _comma_list(args.hci_variants, "--hci-variants", HCI_VARIANTS, empty=True)
     tables = set(_comma_list(args.tables, "--tables", TABLES, empty=False))
-    g1 = load_checked(args.g1, "--g1", "deblur")
-    g1_nosml = load_checked(args.g1_nosml, "--g1-nosml", "deblur")
-    g2s = [load_checked(spec, "--g2", "refocus", radiance=True) for spec in args.g2]
-    g2_single = load_checked(args.g2_single, "--g2-single", "refocus", radiance=False)
+    g1 = load_checked(args.g1, "--g1", "deblur", focus_channel=True, other_option="--g1-nosml")
+    g1_nosml = load_checked(args.g1_nosml, "--g1-nosml", "deblur", focus_channel=False, other_option="--g1")
+    g2s = [load_checked(spec, "--g2", "refocus", radiance=True, other_option="--g2-single") for spec in args.g2]
+    g2_single = load_checked(args.g2_single, "--g2-single", "refocus", radiance=False, other_option="--g2")
     if "refocus" in tables:
         refocus_methods(g2s, g2_single)  # builds nothing costly; two G2s that would share a row name fail here
     notes: list[str] = []
