@@ -364,7 +364,10 @@ def load_generator(
         raise RefocusError("say which weights to load: a role, a registered name or a .safetensors path.")
     path, entry = _resolve(spec, role, registry, as_new_file)
     if not path.exists():
-        raise RefocusError(f"shipped weights {entry.name!r} are missing: {path} (reinstall the package).")
+        shipped = path.resolve().parent == WEIGHTS_DIR
+        remedy = "reinstall the package" if shipped else "restore the file, or export the weights to it again"
+        raise RefocusError(f"{'shipped' if shipped else 'registered'} weights {entry.name!r} are missing: {path} "
+                           f"({remedy}).")  # fmt: skip
     try:
         _sniff_safetensors(path)
         digest = file_sha256(path) if entry is not None else None
