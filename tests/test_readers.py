@@ -229,6 +229,10 @@ def test_eslf_crops_partial_lenslets(tmp_path, scene8):
     tifffile.imwrite(tif, ragged, photometric="rgb")
     assert detect_format(tif) == "eslf"
     np.testing.assert_array_equal(read_lightfield(tif, views=8).views, lf.views)
+    planar = tmp_path / "planar.tif"  # was read but not recognised: its header shape starts with the 3 samples
+    tifffile.imwrite(planar, np.moveaxis(ragged, -1, 0), photometric="rgb", planarconfig="separate")
+    assert detect_format(planar) == "eslf" and napari_get_reader(str(planar)) is not None
+    np.testing.assert_array_equal(read_lightfield(planar, views=8).views, lf.views)
 
 
 def test_lazy_lenslet_access_converts_only_requested_views(scene8):

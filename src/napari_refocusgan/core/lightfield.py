@@ -83,7 +83,8 @@ def _header_size_fits_eslf(path: Path) -> bool:
         with tifffile.TiffFile(path) as tif:
             if len(tif.pages) != 1:
                 return False  # a stack, not an ESLF
-            shape = tif.pages[0].shape
+            page = tif.pages[0]
+            shape = (page.imagelength, page.imagewidth)  # page.shape of planar colour starts with the samples
     else:
         from PIL import Image
 
