@@ -145,6 +145,10 @@ def test_missing_vgg_weights_say_what_to_do(tmp_path, monkeypatch):
     torch.save({"features.0.weight": torch.zeros(1)}, bad)
     with pytest.raises(RefocusError, match="not a VGG19 checkpoint"):
         load_vgg19_conv33(bad)
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights")  # torch's message was many lines, advising weights_only=False
+    with pytest.raises(RefocusError, match=r"notes.pth: not a safetensors file or a PyTorch state dict .*\)$"):
+        load_vgg19_conv33(text)
 
 
 def test_lr_is_constant_then_decays_linearly_to_zero():
@@ -203,6 +207,8 @@ def test_the_radiance_g1_may_be_a_registered_name(tmp_path):
     assert config("mix:deblur-cpu").radiance == "mix:deblur-cpu"
     with pytest.raises(RefocusError, match="--radiance g1:no-such-g1: .*no such file and no such registered name"):
         config("g1:no-such-g1")
+    with pytest.raises(RefocusError, match="--radiance mix:refocus-cpu: .* holds a refocus generator; a deblur"):
+        config("mix:refocus-cpu")
 
 
 # --------------------------------------------------------------------------------------------- loop

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from napari_refocusgan.core.allocator import retain_freed_memory
 from napari_refocusgan.core.errors import RefocusError
-from napari_refocusgan.core.weights import weights_file
+from napari_refocusgan.core.weights import read_config
 
 from .configs import PERCEPTUAL_CHOICES, PRESETS, REFOCUS_DELTAS, TASKS, TrainConfig, get_config, radiance_source
 
@@ -163,8 +163,8 @@ def _config_from_args(args) -> TrainConfig:
     cfg = get_config(args.config or "cpu", args.task, **overrides)
     kind, g1_path = radiance_source(cfg.radiance)
     if kind != "true":
-        try:  # a file, or a registered name (as --init-weights and evaluate --g1 take)
-            weights_file(g1_path)
+        try:  # a G1 file, or a registered name (as --init-weights and evaluate --g1 take); its header only
+            read_config(g1_path, role="deblur")
         except RefocusError as exc:
             raise RefocusError(f"--radiance {cfg.radiance}: {exc}") from exc
     return cfg
