@@ -120,8 +120,9 @@ def load_vgg19_conv33(path: str | os.PathLike | None = None) -> VGG19Conv33:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or foreign file: say which
         # torch's own messages run to many lines (and advise weights_only=False, which we never use)
-        raise RefocusError(f"cannot read VGG19 weights from {path}: not a safetensors file or a PyTorch state dict "
-                           f"of plain tensors ({type(exc).__name__})") from exc  # fmt: skip
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else
+                  f"not a safetensors file or a PyTorch state dict of plain tensors ({type(exc).__name__})")  # fmt: skip
+        raise RefocusError(f"cannot read VGG19 weights from {path}: {reason}") from exc
     net = VGG19Conv33()
     wanted = net.features.state_dict().keys()
     features = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
