@@ -290,9 +290,12 @@ def register_weights(
 
 def _sniff_safetensors(path: Path) -> None:
     """Refuse anything that is not a safetensors file before any parser sees it."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise RefocusError(f"cannot read weights {path}: {exc}") from exc
     if len(head) == 9:
         (header_len,) = struct.unpack("<Q", head[:8])
         if 2 <= header_len <= min(_MAX_HEADER_BYTES, size - 8) and head[8:9] == b"{":
@@ -352,8 +355,6 @@ def load_generator(
     ``as_new_file``: a path is checked on its own, not against a registry entry for the same file (used
     when that entry is about to be replaced).
     """
-    from safetensors import SafetensorError, safe_open
-
     device = pick_device(device, default="cpu")  # before the file is read: a bad device costs nothing
     if isinstance(spec, str) and not spec.strip():  # Path("") is "." (a folder): say what is wrong instead
         raise RefocusError("the weights name or path is empty; give a role, a registered name or a .safetensors "
@@ -368,8 +369,8 @@ def load_generator(
         remedy = "reinstall the package" if shipped else "restore the file, or export the weights to it again"
         raise RefocusError(f"{'shipped' if shipped else 'registered'} weights {entry.name!r} are missing: {path} "
                            f"({remedy}).")  # fmt: skip
+    _sniff_safetensors(path)
     try:
-        _sniff_safetensors(path)
         digest = file_sha256(path) if entry is not None else None
     except OSError as exc:
         raise RefocusError(f"cannot read weights {path}: {exc}") from exc
@@ -378,13 +379,7 @@ def load_generator(
             f"{path} does not match the registry's sha256 for {entry.name!r} "
             f"(expected {entry.sha256[:12]}…, found {digest[:12]}…): the file is corrupt or was replaced."
         )
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise RefocusError(f"{path} is not a readable safetensors file (corrupt or truncated): {exc}") from exc
-
+    metadata, tensors = _read_safetensors(path)
     config, sml_params, file_role = _description(path, metadata, role)
     if entry is not None and entry.config != config:
         raise RefocusError(f"{path}: its config differs from the registry entry {entry.name!r}.")
@@ -439,16 +434,22 @@ def read_config(
     """The generator config that weights ``spec`` (as :func:`load_generator` takes it) describe, from the file's
     header alone: no tensor is read and nothing is hashed, so a widget can show a model's δ range when it is
     chosen. :func:`load_generator` still checks everything before the model runs."""
+    path, _ = _resolve(spec, role, registry)
+    _sniff_safetensors(path)
+    metadata, _ = _read_safetensors(path, tensors=False)
+    return _description(path, metadata, role)[0]
+
+
+def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A weights file's metadata and its tensors (none when not ``tensors``), after :func:`_sniff_safetensors`;
+    a file the parser cannot read is one clear error."""
     from safetensors import SafetensorError, safe_open
 
-    path, _ = _resolve(spec, role, registry)
     try:
-        _sniff_safetensors(path)
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
+            return dict(f.metadata() or {}), ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise RefocusError(f"{path} is not a readable safetensors file (corrupt or truncated): {exc}") from exc
-    return _description(path, metadata, role)[0]
 
 
 def check_state_dict(generator: Generator, tensors: dict[str, torch.Tensor], *, source: str = "weights") -> None:
