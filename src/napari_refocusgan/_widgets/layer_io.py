@@ -297,13 +297,11 @@ def spatial_placement(layer: Image, ndim: int) -> dict[str, Any]:
     }
 
 
-# The layers this plugin made, held weakly. Only these are ever updated in place or replaced by name: a layer
-# of the user's own that happens to have an output's name is left alone, and the result gets a new layer
-# (napari makes its name unique).
-_MADE_HERE: weakref.WeakSet = weakref.WeakSet()
-# The contrast limits this plugin last gave each of its layers: limits that differ are the user's, and an update
-# in place keeps them (a δ turn must not undo the user's display).
-_LIMITS_GIVEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The layers this plugin made, held weakly, with the contrast limits it last gave each. Only these layers are ever
+# updated in place or replaced by name: a layer of the user's own that happens to have an output's name is left
+# alone, and the result gets a new layer (napari makes its name unique). Limits that differ from those given are
+# the user's, and an update in place keeps them (a δ turn must not undo the user's display).
+_MADE_HERE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def show_image(
@@ -344,7 +342,7 @@ def show_image(
                 existing.contrast_limits = layer_kwargs["contrast_limits"]
             else:
                 existing.reset_contrast_limits()
-            _LIMITS_GIVEN[_unproxied(existing)] = tuple(existing.contrast_limits)
+            _MADE_HERE[_unproxied(existing)] = tuple(existing.contrast_limits)
             return existing
         index = viewer.layers.index(existing)
         viewer.layers.remove(existing)
@@ -352,8 +350,7 @@ def show_image(
         viewer.layers.move(viewer.layers.index(layer), index)
     else:
         layer = viewer.add_image(data, name=name, metadata=dict(metadata), rgb=rgb, **layer_kwargs)
-    _MADE_HERE.add(_unproxied(layer))
-    _LIMITS_GIVEN[_unproxied(layer)] = tuple(layer.contrast_limits)
+    _MADE_HERE[_unproxied(layer)] = tuple(layer.contrast_limits)
     if on_new is not None:
         on_new(layer)
     return layer
@@ -362,7 +359,7 @@ def show_image(
 def _limits_set_by_user(layer: Image, new_data: np.ndarray) -> bool:
     """Whether ``layer``'s contrast limits are the user's rather than this plugin's, and still fit ``new_data``
     (same data type)."""
-    given = _LIMITS_GIVEN.get(_unproxied(layer))
+    given = _MADE_HERE.get(_unproxied(layer))
     changed = given is not None and not np.allclose(layer.contrast_limits, given, rtol=1e-6, atol=0)
     return changed and np.dtype(layer.dtype) == new_data.dtype
 
