@@ -60,8 +60,9 @@ def stack_config(args: argparse.Namespace) -> tuple[StackConfig, bool]:
     keep = PAPER_KEEP if args.keep is None else parse_keep(args.keep)
     auto = keep == "auto"
     cfg = StackConfig(views, args.slices, args.s_max, PAPER_KEEP if auto else keep)
-    if auto and cfg.slices < 15:  # keep the paper's window length when S allows it
-        cfg = StackConfig(views, args.slices, args.s_max, (1, min(10, cfg.slices)))
+    if auto and cfg.slices < PAPER_KEEP[1]:  # the paper's window does not fit: keep its length when S allows it
+        length = PAPER_KEEP[1] - PAPER_KEEP[0] + 1
+        cfg = StackConfig(views, args.slices, args.s_max, (1, min(length, cfg.slices)))
     cfg.check()
     return cfg, auto
 
